@@ -1,0 +1,334 @@
+//! The narrow engine interface: the ops AlexNet needs, forward and backward, on engine-owned
+//! buffers. The model and the trainer are written once against [`Engine`]; the CPU engine
+//! ([`cpu::CpuEngine`]) and the CUDA engine (feature `cuda`) implement it.
+//!
+//! Conventions shared by every implementation:
+//! - tensors are f32, NCHW, contiguous; weights are PyTorch's layouts (`[out, in/groups, kh, kw]`,
+//!   fully connected `[out, in]`);
+//! - an op *overwrites* its outputs (gradients are not accumulated), except where it says otherwise;
+//! - every op checks buffer lengths against its shape and returns [`Error::Shape`] naming the op
+//!   instead of reading out of bounds.
+
+pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
+
+use crate::error::{Error, Result};
+
+/// Convolution geometry. Output size: `(h + 2*pad - kh) / stride + 1` (floor).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvShape {
+    pub n: usize,
+    pub c_in: usize,
+    pub h: usize,
+    pub w: usize,
+    pub c_out: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub stride: usize,
+    pub pad: usize,
+    /// Channels are split into `groups` equal parts; group g's outputs read only group g's inputs.
+    pub groups: usize,
+}
+
+impl ConvShape {
+    pub fn h_out(&self) -> usize {
+        (self.h + 2 * self.pad - self.kh) / self.stride + 1
+    }
+    pub fn w_out(&self) -> usize {
+        (self.w + 2 * self.pad - self.kw) / self.stride + 1
+    }
+    pub fn x_len(&self) -> usize {
+        self.n * self.c_in * self.h * self.w
+    }
+    pub fn y_len(&self) -> usize {
+        self.n * self.c_out * self.h_out() * self.w_out()
+    }
+    pub fn w_len(&self) -> usize {
+        self.c_out * (self.c_in / self.groups) * self.kh * self.kw
+    }
+    /// Multiply-adds of the forward pass.
+    pub fn macs(&self) -> u64 {
+        (self.y_len() * (self.c_in / self.groups) * self.kh * self.kw) as u64
+    }
+    /// Checks the geometry itself (divisibility, kernel fits) and names the op on failure.
+    pub fn validate(&self, op: &str) -> Result<()> {
+        let ok = self.n > 0
+            && self.groups > 0
+            && self.stride > 0
+            && self.c_in % self.groups == 0
+            && self.c_out % self.groups == 0
+            && self.h + 2 * self.pad >= self.kh
+            && self.w + 2 * self.pad >= self.kw;
+        if ok {
+            Ok(())
+        } else {
+            Err(Error::shape(op, format!("invalid convolution geometry {self:?}")))
+        }
+    }
+}
+
+/// Cross-channel local response normalisation (Section 3.3):
+/// `b[i] = a[i] / (k + alpha' * sum_{j=max(0,i-n/2)}^{min(N-1,i+n/2)} a[j]^2)^beta`,
+/// where `alpha' = alpha` (the paper) or `alpha / n` (Caffe, cuda-convnet, PyTorch).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LrnParams {
+    pub size: usize,
+    pub alpha: f32,
+    pub beta: f32,
+    pub k: f32,
+    pub alpha_over_n: bool,
+}
+
+impl LrnParams {
+    /// The paper's constants: k = 2, n = 5, alpha = 1e-4, beta = 0.75, alpha not divided by n.
+    pub const PAPER: LrnParams = LrnParams {
+        size: 5,
+        alpha: 1e-4,
+        beta: 0.75,
+        k: 2.0,
+        alpha_over_n: false,
+    };
+    /// The coefficient that multiplies the sum of squares.
+    pub fn effective_alpha(&self) -> f32 {
+        if self.alpha_over_n {
+            self.alpha / self.size as f32
+        } else {
+            self.alpha
+        }
+    }
+}
+
+/// LRN geometry. The `c` channels are `groups` independent columns: the window is clamped at each
+/// column's edges (the paper's GPUs normalise only their own kernel maps).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LrnShape {
+    pub n: usize,
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    pub groups: usize,
+}
+
+impl LrnShape {
+    pub fn len(&self) -> usize {
+        self.n * self.c * self.h * self.w
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Max pooling with window `size` and stride `stride`, no padding. Output size
+/// `(h - size) / stride + 1` (floor). Ties: the first maximum in row-major window order wins
+/// (gets the whole gradient).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolShape {
+    pub n: usize,
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    pub size: usize,
+    pub stride: usize,
+}
+
+impl PoolShape {
+    pub fn h_out(&self) -> usize {
+        (self.h - self.size) / self.stride + 1
+    }
+    pub fn w_out(&self) -> usize {
+        (self.w - self.size) / self.stride + 1
+    }
+    pub fn x_len(&self) -> usize {
+        self.n * self.c * self.h * self.w
+    }
+    pub fn y_len(&self) -> usize {
+        self.n * self.c * self.h_out() * self.w_out()
+    }
+}
+
+/// Fully connected: `y[n, out] = x[n, in] · w[out, in]^T + b[out]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FcShape {
+    pub n: usize,
+    pub d_in: usize,
+    pub d_out: usize,
+}
+
+/// The ops AlexNet needs. Buffers are owned by the engine (host memory for the CPU engine, device
+/// memory for CUDA); data crosses to the host only through `upload`/`download`.
+pub trait Engine: Send + Sync {
+    type Buf: Send;
+
+    /// A short human-readable name ("cpu (2 threads)", "cuda:0 NVIDIA H100 ...").
+    fn name(&self) -> String;
+
+    // ---- memory ----
+    /// A zero-filled buffer of `len` f32.
+    fn alloc(&self, len: usize) -> Result<Self::Buf>;
+    fn buf_len(&self, buf: &Self::Buf) -> usize;
+    fn upload(&self, dst: &mut Self::Buf, src: &[f32]) -> Result<()>;
+    fn download(&self, src: &Self::Buf, dst: &mut [f32]) -> Result<()>;
+    /// dst[..] = src[..] (same length).
+    fn copy(&self, dst: &mut Self::Buf, src: &Self::Buf) -> Result<()>;
+    fn fill(&self, buf: &mut Self::Buf, value: f32) -> Result<()>;
+    /// buf *= a.
+    fn scale(&self, buf: &mut Self::Buf, a: f32) -> Result<()>;
+    /// Blocks until queued work is done (no-op on the CPU).
+    fn synchronize(&self) -> Result<()>;
+
+    // ---- convolution ----
+    /// y[N,Cout,Ho,Wo] = conv(x[N,Cin,H,W], w[Cout,Cin/g,kh,kw]) + b[Cout]
+    fn conv_forward(
+        &self,
+        s: &ConvShape,
+        x: &Self::Buf,
+        w: &Self::Buf,
+        b: &Self::Buf,
+        y: &mut Self::Buf,
+    ) -> Result<()>;
+    /// dx[N,Cin,H,W] = conv_transpose(dy[N,Cout,Ho,Wo], w[Cout,Cin/g,kh,kw])
+    fn conv_backward_data(
+        &self,
+        s: &ConvShape,
+        dy: &Self::Buf,
+        w: &Self::Buf,
+        dx: &mut Self::Buf,
+    ) -> Result<()>;
+    /// dw[Cout,Cin/g,kh,kw] = sum_n dy ⋆ x ; db[Cout] = sum_{n,h,w} dy (both overwritten)
+    fn conv_backward_weights(
+        &self,
+        s: &ConvShape,
+        x: &Self::Buf,
+        dy: &Self::Buf,
+        dw: &mut Self::Buf,
+        db: &mut Self::Buf,
+    ) -> Result<()>;
+
+    // ---- pointwise nonlinearities (in place) ----
+    /// x = max(x, 0)
+    fn relu_forward(&self, x: &mut Self::Buf) -> Result<()>;
+    /// dy *= (y > 0), y being the ReLU's output
+    fn relu_backward(&self, y: &Self::Buf, dy: &mut Self::Buf) -> Result<()>;
+    /// x = tanh(x)
+    fn tanh_forward(&self, x: &mut Self::Buf) -> Result<()>;
+    /// dy *= 1 - y^2, y being the tanh's output
+    fn tanh_backward(&self, y: &Self::Buf, dy: &mut Self::Buf) -> Result<()>;
+
+    // ---- local response normalisation ----
+    /// y[N,C,H,W] = LRN(x); scale[N,C,H,W] = k + alpha' * sum_window x^2 (kept for backward)
+    fn lrn_forward(
+        &self,
+        s: &LrnShape,
+        p: &LrnParams,
+        x: &Self::Buf,
+        y: &mut Self::Buf,
+        scale: &mut Self::Buf,
+    ) -> Result<()>;
+    /// dx[N,C,H,W] from x, y, scale and dy
+    #[allow(clippy::too_many_arguments)]
+    fn lrn_backward(
+        &self,
+        s: &LrnShape,
+        p: &LrnParams,
+        x: &Self::Buf,
+        y: &Self::Buf,
+        scale: &Self::Buf,
+        dy: &Self::Buf,
+        dx: &mut Self::Buf,
+    ) -> Result<()>;
+
+    // ---- max pooling ----
+    /// y[N,C,Ho,Wo] = max over each size x size window of x[N,C,H,W]
+    fn maxpool_forward(&self, s: &PoolShape, x: &Self::Buf, y: &mut Self::Buf) -> Result<()>;
+    /// dx[N,C,H,W]: each dy goes to its window's first maximum (recomputed from x and y)
+    fn maxpool_backward(
+        &self,
+        s: &PoolShape,
+        x: &Self::Buf,
+        y: &Self::Buf,
+        dy: &Self::Buf,
+        dx: &mut Self::Buf,
+    ) -> Result<()>;
+
+    // ---- fully connected ----
+    /// y[N,out] = x[N,in] w[out,in]^T + b[out]
+    fn fc_forward(
+        &self,
+        s: &FcShape,
+        x: &Self::Buf,
+        w: &Self::Buf,
+        b: &Self::Buf,
+        y: &mut Self::Buf,
+    ) -> Result<()>;
+    /// dx[N,in] = dy w (skipped when `dx` is None); dw[out,in] = dy^T x; db[out] = sum_n dy
+    #[allow(clippy::too_many_arguments)]
+    fn fc_backward(
+        &self,
+        s: &FcShape,
+        x: &Self::Buf,
+        w: &Self::Buf,
+        dy: &Self::Buf,
+        dx: Option<&mut Self::Buf>,
+        dw: &mut Self::Buf,
+        db: &mut Self::Buf,
+    ) -> Result<()>;
+
+    // ---- dropout (mask from crate::rng::dropout_keep(seed, index, p), never stored) ----
+    /// x[i] = keep(i) ? x[i] * keep_scale : 0
+    fn dropout_forward(&self, x: &mut Self::Buf, p: f32, keep_scale: f32, seed: u64)
+        -> Result<()>;
+    /// dy[i] = keep(i) ? dy[i] * keep_scale : 0
+    fn dropout_backward(
+        &self,
+        dy: &mut Self::Buf,
+        p: f32,
+        keep_scale: f32,
+        seed: u64,
+    ) -> Result<()>;
+
+    // ---- loss ----
+    /// probs[N,K] = softmax(logits); returns mean_n -ln probs[n, labels[n]];
+    /// dlogits[N,K] = (probs - onehot(labels)) / N
+    fn softmax_xent(
+        &self,
+        n: usize,
+        classes: usize,
+        logits: &Self::Buf,
+        labels: &[u32],
+        probs: &mut Self::Buf,
+        dlogits: &mut Self::Buf,
+    ) -> Result<f32>;
+    /// probs[N,K] = softmax(logits), for evaluation
+    fn softmax(
+        &self,
+        n: usize,
+        classes: usize,
+        logits: &Self::Buf,
+        probs: &mut Self::Buf,
+    ) -> Result<()>;
+
+    // ---- optimiser ----
+    /// The paper's rule (Section 5): v = momentum*v - weight_decay*lr*w - lr*dw ; w = w + v
+    fn sgd_update(
+        &self,
+        w: &mut Self::Buf,
+        dw: &Self::Buf,
+        v: &mut Self::Buf,
+        lr: f32,
+        momentum: f32,
+        weight_decay: f32,
+    ) -> Result<()>;
+}
+
+/// Length check shared by the engines: `Err(Shape)` naming the op and the argument.
+pub fn check_len(op: &str, arg: &str, got: usize, want: usize) -> Result<()> {
+    if got == want {
+        Ok(())
+    } else {
+        Err(Error::shape(
+            op,
+            format!("{arg} has {got} elements, the shape needs {want}"),
+        ))
+    }
+}
