@@ -1,1 +1,128 @@
-fn main() {}
+//! Without the `cuda` feature this does nothing. With it: compiles `csrc/*.cu` with nvcc (through
+//! `cc`), generates the FFI bindings from `csrc/alexnet_cuda.h` with bindgen, and links cudart
+//! statically and cuBLAS dynamically (with an rpath to the toolkit's lib dir).
+
+fn main() {
+    #[cfg(feature = "cuda")]
+    cuda::build();
+}
+
+#[cfg(feature = "cuda")]
+mod cuda {
+    use std::env;
+    use std::path::{Path, PathBuf};
+
+    /// The toolkit root: CUDA_PATH, CUDA_HOME, the parent of `nvcc` on PATH, /usr/local/cuda.
+    fn toolkit_root() -> PathBuf {
+        for var in ["CUDA_PATH", "CUDA_HOME"] {
+            if let Some(dir) = env::var_os(var).filter(|v| !v.is_empty()) {
+                return PathBuf::from(dir);
+            }
+        }
+        if let Some(paths) = env::var_os("PATH") {
+            for dir in env::split_paths(&paths) {
+                if dir.join("nvcc").is_file() {
+                    if let Some(root) = dir.parent() {
+                        return root.to_path_buf();
+                    }
+                }
+            }
+        }
+        PathBuf::from("/usr/local/cuda")
+    }
+
+    /// lib64/ on a system install, lib/ in the PyPI wheels.
+    fn lib_dir(root: &Path) -> PathBuf {
+        for sub in ["lib64", "lib", "targets/x86_64-linux/lib"] {
+            let dir = root.join(sub);
+            if dir.join("libcudart_static.a").is_file() {
+                return dir;
+            }
+        }
+        panic!(
+            "feature `cuda`: no libcudart_static.a under {} (lib64/, lib/); set CUDA_PATH to a \
+             CUDA 13 toolkit (scripts/install-cuda-toolkit.sh installs one)",
+            root.display()
+        );
+    }
+
+    pub fn build() {
+        for var in ["CUDA_PATH", "CUDA_HOME", "PATH", "NVCC_ARCHS"] {
+            println!("cargo:rerun-if-env-changed={var}");
+        }
+        println!("cargo:rerun-if-changed=csrc");
+
+        let root = toolkit_root();
+        let nvcc = root.join("bin").join("nvcc");
+        if !nvcc.is_file() {
+            panic!(
+                "feature `cuda`: nvcc not found at {}; set CUDA_PATH (or CUDA_HOME) to a CUDA 13 \
+                 toolkit, or run scripts/install-cuda-toolkit.sh DIR and export CUDA_PATH",
+                nvcc.display()
+            );
+        }
+        let include = root.join("include");
+        let lib = lib_dir(&root);
+
+        let mut sources: Vec<PathBuf> = std::fs::read_dir("csrc")
+            .expect("csrc/ exists")
+            .map(|e| e.expect("readable csrc entry").path())
+            .filter(|p| p.extension().is_some_and(|x| x == "cu"))
+            .collect();
+        sources.sort();
+
+        // `cc` runs the nvcc named by NVCC (else the one on PATH); point it at the toolkit's.
+        env::set_var("NVCC", &nvcc);
+        let mut build = cc::Build::new();
+        build
+            .cuda(true)
+            // Linked below, after this library, together with the rest.
+            .cudart("none")
+            // `cc` would pass -G (device debug: slow kernels) in debug builds.
+            .debug(false)
+            .include(&include)
+            .include("csrc")
+            .flag("-std=c++17")
+            .flag("-Xcompiler")
+            .flag("-Wall");
+        // sm_90 (H100/H200) machine code plus compute_90 PTX for newer cards; NVCC_ARCHS adds
+        // more, e.g. NVCC_ARCHS="80 86" to keep older cards.
+        let mut archs = vec!["90".to_string()];
+        if let Ok(extra) = env::var("NVCC_ARCHS") {
+            archs.extend(extra.split_whitespace().map(str::to_string));
+        }
+        for arch in &archs {
+            build.flag("-gencode").flag(format!(
+                "arch=compute_{arch},code=[sm_{arch},compute_{arch}]"
+            ));
+        }
+        build.files(&sources).compile("alexnet_cuda");
+
+        println!("cargo:rustc-link-search=native={}", lib.display());
+        println!("cargo:rustc-link-lib=static=cudart_static");
+        println!("cargo:rustc-link-lib=dylib=cublas");
+        for sys in ["dl", "rt", "pthread"] {
+            println!("cargo:rustc-link-lib=dylib={sys}");
+        }
+        // Binaries find libcublas.so.13 in the toolkit they were built against; elsewhere (the
+        // GPU host) LD_LIBRARY_PATH points at its copy.
+        println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
+
+        let bindings = bindgen::Builder::default()
+            .header("csrc/alexnet_cuda.h")
+            .allowlist_function("anc_.*")
+            .allowlist_type("anc_.*")
+            .allowlist_var("ANC_.*")
+            .prepend_enum_name(false)
+            .derive_default(true)
+            .layout_tests(false)
+            .generate()
+            .expect(
+                "bindgen on csrc/alexnet_cuda.h (needs libclang: apt-get install libclang1-14)",
+            );
+        let out = PathBuf::from(env::var("OUT_DIR").expect("OUT_DIR set by cargo"));
+        bindings
+            .write_to_file(out.join("alexnet_cuda.rs"))
+            .expect("write bindings");
+    }
+}

@@ -358,13 +358,55 @@ mod tests {
         let total: u64 = plan.iter().map(|p| p.params).sum();
         assert_eq!(total, 60_965_224);
         let out = |name: &str| plan.iter().find(|p| p.layer.name == name).unwrap().output;
-        assert_eq!(out("conv1"), Dims { c: 96, h: 55, w: 55 });
-        assert_eq!(out("pool1"), Dims { c: 96, h: 27, w: 27 });
-        assert_eq!(out("conv2"), Dims { c: 256, h: 27, w: 27 });
-        assert_eq!(out("pool2"), Dims { c: 256, h: 13, w: 13 });
-        assert_eq!(out("conv5"), Dims { c: 256, h: 13, w: 13 });
+        assert_eq!(
+            out("conv1"),
+            Dims {
+                c: 96,
+                h: 55,
+                w: 55
+            }
+        );
+        assert_eq!(
+            out("pool1"),
+            Dims {
+                c: 96,
+                h: 27,
+                w: 27
+            }
+        );
+        assert_eq!(
+            out("conv2"),
+            Dims {
+                c: 256,
+                h: 27,
+                w: 27
+            }
+        );
+        assert_eq!(
+            out("pool2"),
+            Dims {
+                c: 256,
+                h: 13,
+                w: 13
+            }
+        );
+        assert_eq!(
+            out("conv5"),
+            Dims {
+                c: 256,
+                h: 13,
+                w: 13
+            }
+        );
         assert_eq!(out("pool5"), Dims { c: 256, h: 6, w: 6 });
-        assert_eq!(out("fc8"), Dims { c: 1000, h: 1, w: 1 });
+        assert_eq!(
+            out("fc8"),
+            Dims {
+                c: 1000,
+                h: 1,
+                w: 1
+            }
+        );
         let groups = |name: &str| {
             plan.iter()
                 .find(|p| p.layer.name == name)

@@ -4,8 +4,15 @@
 //! [`engine::Engine`] → gradients → `optim` (the paper's SGD) → `checkpoint`.
 
 pub mod arch;
+pub mod checkpoint;
+pub mod data;
 pub mod engine;
 pub mod error;
+pub mod eval;
+pub mod metrics;
+pub mod model;
+pub mod plot;
 pub mod rng;
+pub mod train;
 
 pub use error::{Error, Result};

@@ -1,1 +1,510 @@
-fn main() {}
+//! alexnet-cli: the command-line front end. It parses flags and calls the library; all the work
+//! (and every error message) lives in the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use alexnet::arch::{summary_table, ArchConfig};
+use alexnet::checkpoint::Checkpoint;
+use alexnet::data::Stats;
+use alexnet::engine::cpu::CpuEngine;
+use alexnet::engine::Engine;
+use alexnet::eval::{evaluate_ensemble, predict_files, EvalOptions};
+use alexnet::model::{Init, Model, Sgd};
+use alexnet::train::{load_weights, train, TrainArgs};
+use alexnet::{Error, Result};
+
+#[derive(Parser)]
+#[command(
+    name = "alexnet-cli",
+    version,
+    about = "AlexNet (Krizhevsky, Sutskever & Hinton, 2012): train, evaluate and inspect",
+    long_about = "AlexNet as in Krizhevsky, Sutskever & Hinton (2012): the paper's two-column \
+network, its SGD rule, data augmentation and 10-crop evaluation, on a fast CPU engine or \
+(built with --features cuda) an NVIDIA GPU.\n\nStart with `alexnet-cli train`: with no \
+arguments it trains on a built-in procedural dataset and shows the network learning."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train (the built-in dataset by default, or --data DIR from `prepare`).
+    Train {
+        #[command(flatten)]
+        args: TrainArgs,
+        #[command(flatten)]
+        device: DeviceArgs,
+    },
+    /// Print the layer table: shapes, parameters and multiply-adds per layer.
+    Summary {
+        /// Number of classes.
+        #[arg(long, default_value_t = 1000)]
+        classes: usize,
+        /// Input side in pixels.
+        #[arg(long, default_value_t = 227)]
+        input_size: usize,
+        /// `paper` (two columns) or `one-column` (footnote 2).
+        #[arg(long, value_enum, default_value_t = alexnet::train::PresetArg::Paper)]
+        preset: alexnet::train::PresetArg,
+    },
+    /// Turn a folder of images (ImageFolder or ILSVRC layout) into a packed dataset with its
+    /// mean image and RGB PCA.
+    Prepare(alexnet::data::prepare::PrepareArgs),
+    /// Top-1/top-5 error of one checkpoint or an ensemble on a prepared validation set.
+    Eval {
+        /// Checkpoint(s); several are averaged (the paper's ensembles).
+        #[arg(long = "checkpoint", required = true)]
+        checkpoints: Vec<PathBuf>,
+        /// Prepared dataset directory.
+        #[arg(long)]
+        data: PathBuf,
+        /// Which split to evaluate.
+        #[arg(long, default_value = "val")]
+        split: String,
+        /// Also report the paper's 10-crop average (four corners + centre, and reflections).
+        #[arg(long)]
+        ten_crop: bool,
+        /// Print per-class accuracy too.
+        #[arg(long)]
+        per_class: bool,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+        /// Images per forward pass.
+        #[arg(long, default_value_t = 128)]
+        batch_size: usize,
+        #[command(flatten)]
+        device: DeviceArgs,
+    },
+    /// Top-5 predictions for image files (Figure 4, left).
+    Predict {
+        /// Checkpoint(s); several are averaged.
+        #[arg(long = "checkpoint", required = true)]
+        checkpoints: Vec<PathBuf>,
+        /// Average the ten crops instead of using the centre crop.
+        #[arg(long)]
+        ten_crop: bool,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+        /// How many classes to list.
+        #[arg(long, default_value_t = 5)]
+        top: usize,
+        /// Image files (any format the `image` crate decodes).
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
+        #[command(flatten)]
+        device: DeviceArgs,
+    },
+    /// Render a metrics log (metrics.jsonl) to a PNG of loss and error curves.
+    Plot(alexnet::plot::PlotArgs),
+    /// Loader throughput: JPEG decode+resize per core (preparation) and augmented images/s
+    /// (training), and the cores needed to feed 10,000 images/s.
+    BenchLoader {
+        /// Loader threads for the end-to-end measurement (0 = one per core).
+        #[arg(long, default_value_t = 0)]
+        workers: usize,
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+    },
+    /// Training throughput of the full model: images/s and time per layer.
+    Bench {
+        #[arg(long, default_value_t = 128)]
+        batch_size: usize,
+        /// Timed steps (after one warm-up step).
+        #[arg(long, default_value_t = 3)]
+        steps: usize,
+        #[arg(long, default_value_t = 1000)]
+        classes: usize,
+        #[arg(long, default_value_t = 227)]
+        input_size: usize,
+        #[command(flatten)]
+        device: DeviceArgs,
+    },
+}
+
+#[derive(clap::Args, Clone, Debug)]
+struct DeviceArgs {
+    /// Engine to run on.
+    #[arg(long, value_enum, default_value_t = Device::Cpu)]
+    device: Device,
+    /// CUDA device index.
+    #[arg(long, default_value_t = 0)]
+    gpu: usize,
+    /// CPU engine threads (0 = all cores).
+    #[arg(long = "engine-threads", default_value_t = 0)]
+    engine_threads: usize,
+    /// Allow TF32 tensor-core GEMMs on the GPU (faster, ~1e-3 relative error).
+    #[arg(long)]
+    tf32: bool,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Device {
+    Cpu,
+    Cuda,
+}
+
+/// Runs `$body` with `$e` bound to the engine the flags ask for.
+macro_rules! with_engine {
+    ($dev:expr, $threads:expr, |$e:ident| $body:expr) => {{
+        let dev: &DeviceArgs = $dev;
+        match dev.device {
+            Device::Cpu => {
+                let $e = CpuEngine::new($threads)?;
+                $body
+            }
+            Device::Cuda => {
+                #[cfg(feature = "cuda")]
+                {
+                    let $e = alexnet::engine::cuda::CudaEngine::new(dev.gpu)?;
+                    $e.set_tf32(dev.tf32)?;
+                    $body
+                }
+                #[cfg(not(feature = "cuda"))]
+                {
+                    Err::<(), Error>(Error::NoDevice(
+                        "this alexnet-cli was built without CUDA; rebuild with \
+                         `cargo build --release --features cuda`"
+                            .into(),
+                    ))
+                }
+            }
+        }
+    }};
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Train { args, device } => {
+            let stop = Arc::new(AtomicBool::new(false));
+            let flag = stop.clone();
+            // A second Ctrl-C kills the process the usual way.
+            let _ = ctrlc::set_handler(move || {
+                if flag.swap(true, Ordering::SeqCst) {
+                    std::process::exit(130);
+                }
+                eprintln!("\nCtrl-C: finishing this step and saving (press again to abort)");
+            });
+            let threads = if device.engine_threads > 0 {
+                device.engine_threads
+            } else {
+                args.threads
+            };
+            with_engine!(&device, threads, |e| {
+                let s = train(&e, &args, &stop)?;
+                if let Some(p) = &s.last_checkpoint {
+                    println!("checkpoint: {}", p.display());
+                }
+                println!(
+                    "{} {} steps{}",
+                    if s.interrupted { "stopped after" } else { "done:" },
+                    s.steps,
+                    match (s.last_val_top1, s.last_val_top5) {
+                        (Some(a), Some(b)) => format!(
+                            ", validation top-1 error {:.2}%, top-5 {:.2}%",
+                            100.0 * a,
+                            100.0 * b
+                        ),
+                        _ => String::new(),
+                    }
+                );
+                Ok(())
+            })
+        }
+        Command::Summary {
+            classes,
+            input_size,
+            preset,
+        } => {
+            let cfg = ArchConfig {
+                classes,
+                input_size,
+                preset: match preset {
+                    alexnet::train::PresetArg::Paper => alexnet::arch::Preset::Paper,
+                    alexnet::train::PresetArg::OneColumn => alexnet::arch::Preset::OneColumn,
+                },
+                ..ArchConfig::default()
+            };
+            print!("{}", summary_table(&cfg)?);
+            Ok(())
+        }
+        Command::Prepare(args) => {
+            alexnet::data::prepare::prepare(&args)?;
+            Ok(())
+        }
+        Command::Eval {
+            checkpoints,
+            data,
+            split,
+            ten_crop,
+            per_class,
+            json,
+            batch_size,
+            device,
+        } => with_engine!(&device, device.engine_threads, |e| {
+            let (mut models, names, _) = load_models(&e, &checkpoints, batch_size)?;
+            let ds = alexnet::data::packed::PackedDataset::open(&data, &split)?;
+            let stats = alexnet::data::packed::PackedDataset::stats(&data)?;
+            let r = evaluate_ensemble(
+                &e,
+                &mut models,
+                &ds,
+                &stats,
+                &EvalOptions {
+                    batch: batch_size,
+                    ten_crop,
+                    workers: 0,
+                },
+            )?;
+            if json {
+                let v = serde_json::json!({
+                    "checkpoints": checkpoints,
+                    "images": r.images,
+                    "centre_crop": {"top1_error": r.top1, "top5_error": r.top5},
+                    "ten_crop": r.ten_crop.map(|(a, b)| serde_json::json!({"top1_error": a, "top5_error": b})),
+                    "per_class": per_class.then(|| {
+                        r.per_class
+                            .accuracies()
+                            .iter()
+                            .enumerate()
+                            .map(|(c, a)| serde_json::json!({
+                                "class": c,
+                                "name": names.get(c),
+                                "images": r.per_class.counts()[c].total,
+                                "top1_accuracy": a.map(|a| a.0),
+                                "top5_accuracy": a.map(|a| a.1),
+                            }))
+                            .collect::<Vec<_>>()
+                    }),
+                });
+                println!("{v:#}");
+            } else {
+                println!(
+                    "{} images, {} checkpoint(s)\n{:<12} {:>12} {:>12}\n{:<12} {:>11.2}% {:>11.2}%",
+                    r.images,
+                    checkpoints.len(),
+                    "protocol",
+                    "top-1 error",
+                    "top-5 error",
+                    "centre crop",
+                    100.0 * r.top1,
+                    100.0 * r.top5
+                );
+                if let Some((a, b)) = r.ten_crop {
+                    println!("{:<12} {:>11.2}% {:>11.2}%", "10-crop", 100.0 * a, 100.0 * b);
+                }
+                if per_class {
+                    print!("{}", r.per_class.report(&names, names.len()));
+                }
+            }
+            Ok(())
+        }),
+        Command::Predict {
+            checkpoints,
+            ten_crop,
+            json,
+            top,
+            images,
+            device,
+        } => with_engine!(&device, device.engine_threads, |e| {
+            let (mut models, names, stats) = load_models(&e, &checkpoints, 1)?;
+            let results = predict_files(&e, &mut models, &names, &stats, &images, ten_crop, top);
+            let mut failed = 0;
+            let mut out = Vec::new();
+            for (path, r) in images.iter().zip(results) {
+                match r {
+                    Ok(p) if json => out.push(serde_json::json!({
+                        "image": p.path,
+                        "top": p.top.iter().map(|(c, n, pr)| serde_json::json!({"class": c, "name": n, "probability": pr})).collect::<Vec<_>>(),
+                    })),
+                    Ok(p) => {
+                        println!("{}", p.path.display());
+                        for (c, n, pr) in &p.top {
+                            println!("  {:>6.2}%  {n} ({c})", 100.0 * pr);
+                        }
+                    }
+                    Err(err) => {
+                        failed += 1;
+                        if json {
+                            out.push(serde_json::json!({"image": path, "error": err.to_string()}));
+                        } else {
+                            eprintln!("{}: error: {err}", path.display());
+                        }
+                    }
+                }
+            }
+            if json {
+                println!("{:#}", serde_json::Value::Array(out));
+            }
+            if failed > 0 {
+                return Err(Error::Config(format!(
+                    "{failed} of {} images could not be predicted",
+                    images.len()
+                )));
+            }
+            Ok(())
+        }),
+        Command::Plot(args) => {
+            println!("wrote {}", args.run()?.display());
+            Ok(())
+        }
+        Command::BenchLoader { workers, seconds } => {
+            let workers = if workers == 0 {
+                std::thread::available_parallelism().map_or(1, |n| n.get())
+            } else {
+                workers
+            };
+            let b = alexnet::data::bench_loader(256, 227, workers, seconds)?;
+            println!(
+                "decode + resize to 256 (500x375 JPEG): {:.0} images/s per core
+                 crop 227 + flip + PCA lighting + mean: {:.0} images/s per core
+                 threaded loader, {} workers:           {:.0} images/s
+                 cores to feed 10,000 images/s from prepared data: {:.1}",
+                b.decode_per_core, b.augment_per_core, b.workers, b.loader_total, b.cores_for_10k
+            );
+            Ok(())
+        }
+        Command::Bench {
+            batch_size,
+            steps,
+            classes,
+            input_size,
+            device,
+        } => with_engine!(&device, device.engine_threads, |e| bench(
+            &e, batch_size, steps, classes, input_size
+        )),
+    }
+}
+
+/// Loads checkpoints as models (an ensemble), with the first one's class names and
+/// normalisation.
+fn load_models<E: Engine>(
+    e: &E,
+    paths: &[PathBuf],
+    batch: usize,
+) -> Result<(Vec<Model<E>>, Vec<String>, Stats)> {
+    let mut models = Vec::new();
+    let mut first: Option<(Vec<String>, Stats)> = None;
+    for path in paths {
+        let ckpt = Checkpoint::load(path)?;
+        let mut model = Model::new(e, ckpt.arch.clone(), Init::Paper, 0, batch)?;
+        load_weights(e, &mut model, &ckpt, true)?;
+        if first.is_none() {
+            let mean = ckpt.mean.clone().ok_or_else(|| Error::Checkpoint {
+                path: path.clone(),
+                msg: "holds no mean image, so inputs cannot be normalised as in training".into(),
+            })?;
+            first = Some((
+                ckpt.class_names.clone(),
+                Stats {
+                    side: ckpt.mean_side,
+                    mean,
+                    eigval: ckpt.eigval.unwrap_or([0.0; 3]),
+                    eigvec: ckpt.eigvec.unwrap_or([[0.0; 3]; 3]),
+                },
+            ));
+        }
+        models.push(model);
+    }
+    let (names, stats) = first.expect("clap requires at least one --checkpoint");
+    Ok((models, names, stats))
+}
+
+/// Times full training steps (forward, backward, SGD) on random data and prints images/s.
+fn bench<E: Engine>(
+    e: &E,
+    batch: usize,
+    steps: usize,
+    classes: usize,
+    input_size: usize,
+) -> Result<()> {
+    let cfg = ArchConfig {
+        classes,
+        input_size,
+        ..ArchConfig::default()
+    };
+    let flops_per_image: u64 = 3 * 2 * cfg.plan()?.iter().map(|p| p.macs).sum::<u64>();
+    let mut model = Model::new(e, cfg, Init::Caffe, 1, batch)?;
+    let mut rng = alexnet::rng::Rng::new(5);
+    let images: Vec<f32> = (0..batch * 3 * input_size * input_size)
+        .map(|_| rng.normal() as f32 * 50.0)
+        .collect();
+    let labels: Vec<u32> = (0..batch).map(|_| rng.below(classes) as u32).collect();
+    let sgd = Sgd::default();
+    println!("engine: {}", e.name());
+    let mut times = Vec::new();
+    for step in 0..=steps {
+        let t0 = Instant::now();
+        model.forward(e, &images, Some(step as u64))?;
+        let loss = model.backward(e, &labels, Some(step as u64))?;
+        model.sgd_step(e, 0.001, &sgd)?;
+        e.synchronize()?;
+        let dt = t0.elapsed().as_secs_f64();
+        if step > 0 {
+            times.push(dt);
+        }
+        println!(
+            "step {step}{}: {:.3} s, loss {loss:.4}",
+            if step == 0 { " (warm-up)" } else { "" },
+            dt
+        );
+    }
+    // One more step with per-layer timing (synchronising after every layer).
+    model.set_profiling(true);
+    model.forward(e, &images, Some(0))?;
+    model.backward(e, &labels, Some(0))?;
+    println!(
+        "{:<7} {:>10} {:>10} {:>12} {:>12}",
+        "layer", "fwd ms", "bwd ms", "fwd GFLOP/s", "bwd GFLOP/s"
+    );
+    for (name, f, b, macs) in model.layer_times() {
+        let flops = 2.0 * macs as f64 * batch as f64;
+        let rate = |t: f64, mult: f64| {
+            if macs == 0 {
+                "-".to_string()
+            } else {
+                format!("{:.1}", mult * flops / t.max(1e-12) / 1e9)
+            }
+        };
+        // The backward of a conv/fc layer does two products (data and weights) the size of
+        // the forward; conv1's data gradient is skipped.
+        let bwd_mult = if name == "conv1" { 1.0 } else { 2.0 };
+        println!(
+            "{name:<7} {:>10.2} {:>10.2} {:>12} {:>12}",
+            f * 1e3,
+            b * 1e3,
+            rate(f, 1.0),
+            rate(b, bwd_mult)
+        );
+    }
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    println!(
+        "train step, batch {batch}: median {:.3} s, {:.1} images/s, {:.1} GFLOP/s (model FLOPs, ~3x forward)",
+        median,
+        batch as f64 / median,
+        flops_per_image as f64 * batch as f64 / median / 1e9
+    );
+    Ok(())
+}

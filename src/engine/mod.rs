@@ -63,7 +63,10 @@ impl ConvShape {
         if ok {
             Ok(())
         } else {
-            Err(Error::shape(op, format!("invalid convolution geometry {self:?}")))
+            Err(Error::shape(
+                op,
+                format!("invalid convolution geometry {self:?}"),
+            ))
         }
     }
 }
@@ -276,8 +279,7 @@ pub trait Engine: Send + Sync {
 
     // ---- dropout (mask from crate::rng::dropout_keep(seed, index, p), never stored) ----
     /// x[i] = keep(i) ? x[i] * keep_scale : 0
-    fn dropout_forward(&self, x: &mut Self::Buf, p: f32, keep_scale: f32, seed: u64)
-        -> Result<()>;
+    fn dropout_forward(&self, x: &mut Self::Buf, p: f32, keep_scale: f32, seed: u64) -> Result<()>;
     /// dy[i] = keep(i) ? dy[i] * keep_scale : 0
     fn dropout_backward(
         &self,

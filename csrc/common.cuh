@@ -1,0 +1,117 @@
+// Internal helpers shared by the .cu files: status construction, checked calls and launches,
+// grid sizing. Not part of the FFI surface (alexnet_cuda.h is).
+#ifndef ALEXNET_COMMON_CUH
+#define ALEXNET_COMMON_CUH
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "alexnet_cuda.h"
+
+struct anc_ctx {
+    int device;
+    cudaStream_t stream;
+    cublasHandle_t blas;
+};
+
+// Success: everything zero (code 0, kind 0, empty strings).
+static inline anc_status anc_ok() {
+    anc_status s;
+    memset(&s, 0, sizeof s);
+    return s;
+}
+
+static inline anc_status anc_fail(int kind, int code, const char *call, const char *msg) {
+    anc_status s;
+    memset(&s, 0, sizeof s);
+    s.kind = kind;
+    s.code = code;
+    snprintf(s.call, sizeof s.call, "%s", call);
+    snprintf(s.msg, sizeof s.msg, "%s", msg ? msg : "(no message)");
+    return s;
+}
+
+static inline anc_status anc_cuda_status(cudaError_t e, const char *call) {
+    return anc_fail(ANC_CUDA, (int)e, call, cudaGetErrorString(e));
+}
+
+static inline anc_status anc_cublas_status(cublasStatus_t e, const char *call) {
+    return anc_fail(ANC_CUBLAS, (int)e, call, cublasGetStatusString(e));
+}
+
+// Every runtime call goes through CUDA_TRY and every cuBLAS call through CUBLAS_TRY: the first
+// failure returns from the enclosing function with the call's name.
+#define CUDA_TRY(name, expr)                                                                       \
+    do {                                                                                           \
+        cudaError_t anc_e_ = (expr);                                                               \
+        if (anc_e_ != cudaSuccess) return anc_cuda_status(anc_e_, name);                           \
+    } while (0)
+
+#define CUBLAS_TRY(name, expr)                                                                     \
+    do {                                                                                           \
+        cublasStatus_t anc_e_ = (expr);                                                            \
+        if (anc_e_ != CUBLAS_STATUS_SUCCESS) return anc_cublas_status(anc_e_, name);               \
+    } while (0)
+
+// After each <<<>>>: a bad configuration is reported here; an error inside an earlier kernel
+// surfaces at the next check or at the next synchronising call.
+#define LAUNCH_CHECK(kernel_name)                                                                  \
+    do {                                                                                           \
+        cudaError_t anc_e_ = cudaGetLastError();                                                   \
+        if (anc_e_ != cudaSuccess) return anc_cuda_status(anc_e_, kernel_name "<<<>>>");           \
+    } while (0)
+
+// Each entry point makes the context's device current for the calling host thread (the Rust
+// engine may be driven from any thread).
+#define ENTER(ctx) CUDA_TRY("cudaSetDevice", cudaSetDevice((ctx)->device))
+
+#define ANC_THREADS 256
+
+// Grid for a grid-stride loop over n elements: enough blocks to fill the GPU, capped so huge n
+// loops instead of exceeding launch limits. n == 0 is handled by callers (no launch).
+static inline unsigned anc_blocks(size_t n) {
+    size_t b = (n + ANC_THREADS - 1) / ANC_THREADS;
+    const size_t cap = 65535u * 8u;
+    if (b > cap) b = cap;
+    if (b == 0) b = 1;
+    return (unsigned)b;
+}
+
+#define GRID_STRIDE(i, n)                                                                          \
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < (size_t)(n);               \
+         i += (size_t)gridDim.x * blockDim.x)
+
+// Sum of one float per thread over a block of ANC_THREADS threads; every thread gets the result.
+__device__ inline float anc_block_sum(float v, float *shared) {
+    shared[threadIdx.x] = v;
+    __syncthreads();
+    for (int s = ANC_THREADS / 2; s > 0; s >>= 1) {
+        if (threadIdx.x < s) shared[threadIdx.x] += shared[threadIdx.x + s];
+        __syncthreads();
+    }
+    float r = shared[0];
+    __syncthreads();
+    return r;
+}
+
+__device__ inline float anc_block_max(float v, float *shared) {
+    shared[threadIdx.x] = v;
+    __syncthreads();
+    for (int s = ANC_THREADS / 2; s > 0; s >>= 1) {
+        if (threadIdx.x < s) shared[threadIdx.x] = fmaxf(shared[threadIdx.x], shared[threadIdx.x + s]);
+        __syncthreads();
+    }
+    float r = shared[0];
+    __syncthreads();
+    return r;
+}
+
+// b is added to y[n, c, p] for every n and p: y is [N, C, P] with P = H*W (1 for a fully
+// connected layer). Defined in layers.cu, used by conv.cu too.
+anc_status anc_add_bias(anc_ctx *ctx, float *y, const float *b, size_t n, size_t c, size_t p);
+// db[c] = sum over n and p of dy[n, c, p] (overwritten).
+anc_status anc_bias_grad(anc_ctx *ctx, const float *dy, float *db, size_t n, size_t c, size_t p);
+
+#endif

@@ -1,0 +1,318 @@
+// Bias, fully connected (cuBLAS), LRN, max pooling, softmax / cross-entropy, label rank (top-k).
+#include "common.cuh"
+
+// ---------------------------------------------------------------------------------------------
+// bias
+
+// y[n, c, p] += b[c]
+__global__ void add_bias_kernel(float *y, const float *b, size_t total, size_t c, size_t p) {
+    GRID_STRIDE(i, total) y[i] += b[(i / p) % c];
+}
+
+// db[c] = sum_{n,p} dy[n, c, p]: one block per channel, a fixed summation order (deterministic).
+__global__ void bias_grad_kernel(const float *dy, float *db, size_t n, size_t c, size_t p) {
+    __shared__ float shared[ANC_THREADS];
+    size_t ch = blockIdx.x;
+    if (ch >= c) return;  // whole block leaves together: no __syncthreads is skipped by half
+    float acc = 0.0f;
+    size_t count = n * p;
+    for (size_t t = threadIdx.x; t < count; t += ANC_THREADS) {
+        size_t img = t / p, pos = t % p;
+        acc += dy[(img * c + ch) * p + pos];
+    }
+    float total = anc_block_sum(acc, shared);
+    if (threadIdx.x == 0) db[ch] = total;
+}
+
+anc_status anc_add_bias(anc_ctx *ctx, float *y, const float *b, size_t n, size_t c, size_t p) {
+    size_t total = n * c * p;
+    if (total == 0) return anc_ok();
+    add_bias_kernel<<<anc_blocks(total), ANC_THREADS, 0, ctx->stream>>>(y, b, total, c, p);
+    LAUNCH_CHECK("add_bias");
+    return anc_ok();
+}
+
+anc_status anc_bias_grad(anc_ctx *ctx, const float *dy, float *db, size_t n, size_t c, size_t p) {
+    if (c == 0) return anc_ok();
+    bias_grad_kernel<<<(unsigned)c, ANC_THREADS, 0, ctx->stream>>>(dy, db, n, c, p);
+    LAUNCH_CHECK("bias_grad");
+    return anc_ok();
+}
+
+// ---------------------------------------------------------------------------------------------
+// fully connected. cuBLAS is column-major: a row-major [r, c] matrix is a column-major [c, r] one.
+
+// cuBLAS wants leading dimensions >= 1 even when a matrix is empty.
+static inline int ld(int64_t x) { return x > 0 ? (int)x : 1; }
+
+// y[N,out] = x[N,in] w[out,in]^T + b[out]  (column-major: y^T[out,N] = op_T(w) x^T)
+extern "C" anc_status anc_fc_forward(anc_ctx *ctx, int64_t n, int64_t d_in, int64_t d_out,
+                                     const float *x, const float *w, const float *b, float *y) {
+    if (n == 0 || d_out == 0) return anc_ok();
+    ENTER(ctx);
+    const float one = 1.0f, zero = 0.0f;
+    CUBLAS_TRY("cublasSgemm(fc_forward)",
+               cublasSgemm(ctx->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)d_out, (int)n, (int)d_in,
+                           &one, w, ld(d_in), x, ld(d_in), &zero, y, ld(d_out)));
+    return anc_add_bias(ctx, y, b, (size_t)n, (size_t)d_out, 1);
+}
+
+// dx[N,in] = dy[N,out] w[out,in]; dw[out,in] = dy^T x; db[out] = sum_n dy
+extern "C" anc_status anc_fc_backward(anc_ctx *ctx, int64_t n, int64_t d_in, int64_t d_out,
+                                      const float *x, const float *w, const float *dy, float *dx,
+                                      float *dw, float *db) {
+    ENTER(ctx);
+    const float one = 1.0f, zero = 0.0f;
+    if (dx && n > 0 && d_in > 0) {
+        CUBLAS_TRY("cublasSgemm(fc_backward dx)",
+                   cublasSgemm(ctx->blas, CUBLAS_OP_N, CUBLAS_OP_N, (int)d_in, (int)n, (int)d_out,
+                               &one, w, ld(d_in), dy, ld(d_out), &zero, dx, ld(d_in)));
+    }
+    if (d_in > 0 && d_out > 0) {
+        CUBLAS_TRY("cublasSgemm(fc_backward dw)",
+                   cublasSgemm(ctx->blas, CUBLAS_OP_N, CUBLAS_OP_T, (int)d_in, (int)d_out, (int)n,
+                               &one, x, ld(d_in), dy, ld(d_out), &zero, dw, ld(d_in)));
+    }
+    return anc_bias_grad(ctx, dy, db, (size_t)n, (size_t)d_out, 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// LRN across channels. The window of channel c is [c - size/2, c + size/2] clamped to c's column
+// (group) of c/groups channels. The window relation is symmetric, which backward relies on.
+
+__device__ inline void lrn_window(int64_t c, int64_t channels, int64_t groups, int64_t size,
+                                  int64_t *lo, int64_t *hi) {
+    int64_t cg = channels / groups;
+    int64_t g0 = (c / cg) * cg;
+    int64_t a = c - size / 2, b = c + size / 2;
+    *lo = a < g0 ? g0 : a;
+    *hi = b > g0 + cg - 1 ? g0 + cg - 1 : b;
+}
+
+// scale[N,C,H,W] = k + alpha * sum_window x^2 ; y = x * scale^-beta
+__global__ void lrn_forward_kernel(size_t total, int64_t c, int64_t hw, int64_t groups,
+                                   int64_t size, float alpha, float beta, float k, const float *x,
+                                   float *y, float *scale) {
+    GRID_STRIDE(i, total) {
+        int64_t s = (int64_t)(i % hw);
+        int64_t ch = (int64_t)((i / hw) % c);
+        int64_t img = (int64_t)(i / (hw * c));
+        int64_t lo, hi;
+        lrn_window(ch, c, groups, size, &lo, &hi);
+        float sum = 0.0f;
+        for (int64_t j = lo; j <= hi; ++j) {
+            float v = x[(img * c + j) * hw + s];
+            sum += v * v;
+        }
+        float sc = k + alpha * sum;
+        scale[i] = sc;
+        y[i] = x[i] * powf(sc, -beta);
+    }
+}
+
+// dx_i = dy_i scale_i^-beta - 2 alpha beta x_i sum_{j: i in window(j)} dy_j y_j / scale_j
+__global__ void lrn_backward_kernel(size_t total, int64_t c, int64_t hw, int64_t groups,
+                                    int64_t size, float alpha, float beta, const float *x,
+                                    const float *y, const float *scale, const float *dy,
+                                    float *dx) {
+    GRID_STRIDE(i, total) {
+        int64_t s = (int64_t)(i % hw);
+        int64_t ch = (int64_t)((i / hw) % c);
+        int64_t img = (int64_t)(i / (hw * c));
+        int64_t lo, hi;
+        lrn_window(ch, c, groups, size, &lo, &hi);
+        float acc = 0.0f;
+        for (int64_t j = lo; j <= hi; ++j) {
+            size_t o = (size_t)((img * c + j) * hw + s);
+            acc += dy[o] * y[o] / scale[o];
+        }
+        dx[i] = dy[i] * powf(scale[i], -beta) - 2.0f * alpha * beta * x[i] * acc;
+    }
+}
+
+extern "C" anc_status anc_lrn_forward(anc_ctx *ctx, int64_t n, int64_t c, int64_t hw,
+                                      int64_t groups, int64_t size, float alpha, float beta,
+                                      float k, const float *x, float *y, float *scale) {
+    size_t total = (size_t)(n * c * hw);
+    if (total == 0) return anc_ok();
+    ENTER(ctx);
+    lrn_forward_kernel<<<anc_blocks(total), ANC_THREADS, 0, ctx->stream>>>(
+        total, c, hw, groups, size, alpha, beta, k, x, y, scale);
+    LAUNCH_CHECK("lrn_forward");
+    return anc_ok();
+}
+
+extern "C" anc_status anc_lrn_backward(anc_ctx *ctx, int64_t n, int64_t c, int64_t hw,
+                                       int64_t groups, int64_t size, float alpha, float beta,
+                                       const float *x, const float *y, const float *scale,
+                                       const float *dy, float *dx) {
+    size_t total = (size_t)(n * c * hw);
+    if (total == 0) return anc_ok();
+    ENTER(ctx);
+    lrn_backward_kernel<<<anc_blocks(total), ANC_THREADS, 0, ctx->stream>>>(
+        total, c, hw, groups, size, alpha, beta, x, y, scale, dy, dx);
+    LAUNCH_CHECK("lrn_backward");
+    return anc_ok();
+}
+
+// ---------------------------------------------------------------------------------------------
+// overlapping max pooling, no padding
+
+// y[NC,Ho,Wo] = max over each size x size window; the first maximum wins ties (strict >).
+__global__ void maxpool_forward_kernel(size_t total, int64_t h, int64_t w, int64_t ho, int64_t wo,
+                                       int64_t size, int64_t stride, const float *x, float *y) {
+    GRID_STRIDE(i, total) {
+        int64_t ow = (int64_t)(i % wo);
+        int64_t oh = (int64_t)((i / wo) % ho);
+        int64_t plane = (int64_t)(i / (wo * ho));
+        const float *base = x + plane * h * w;
+        int64_t h0 = oh * stride, w0 = ow * stride;
+        float m = base[h0 * w + w0];
+        for (int64_t a = 0; a < size; ++a)
+            for (int64_t b = 0; b < size; ++b) {
+                float v = base[(h0 + a) * w + (w0 + b)];
+                if (v > m) m = v;
+            }
+        y[i] = m;
+    }
+}
+
+// dx[NC,H,W]: gathers, for each input, the dy of every window whose first maximum it is. A gather
+// (not a scatter with atomics) keeps the sums deterministic.
+__global__ void maxpool_backward_kernel(size_t total, int64_t h, int64_t w, int64_t ho, int64_t wo,
+                                        int64_t size, int64_t stride, const float *x,
+                                        const float *y, const float *dy, float *dx) {
+    GRID_STRIDE(i, total) {
+        int64_t col = (int64_t)(i % w);
+        int64_t row = (int64_t)((i / w) % h);
+        int64_t plane = (int64_t)(i / (w * h));
+        const float *base = x + plane * h * w;
+        // Windows oh with oh*stride <= row <= oh*stride + size - 1.
+        int64_t oh_lo = row < size ? 0 : (row - size) / stride + 1;
+        int64_t oh_hi = row / stride < ho - 1 ? row / stride : ho - 1;
+        int64_t ow_lo = col < size ? 0 : (col - size) / stride + 1;
+        int64_t ow_hi = col / stride < wo - 1 ? col / stride : wo - 1;
+        float acc = 0.0f;
+        for (int64_t oh = oh_lo; oh <= oh_hi; ++oh)
+            for (int64_t ow = ow_lo; ow <= ow_hi; ++ow) {
+                size_t o = (size_t)((plane * ho + oh) * wo + ow);
+                float m = y[o];
+                int64_t h0 = oh * stride, w0 = ow * stride;
+                // First position in row-major window order that holds the maximum.
+                int64_t first = -1;
+                for (int64_t a = 0; a < size && first < 0; ++a)
+                    for (int64_t b = 0; b < size; ++b)
+                        if (base[(h0 + a) * w + (w0 + b)] == m) {
+                            first = (h0 + a) * w + (w0 + b);
+                            break;
+                        }
+                if (first == row * w + col) acc += dy[o];
+            }
+        dx[i] = acc;
+    }
+}
+
+extern "C" anc_status anc_maxpool_forward(anc_ctx *ctx, int64_t nc, int64_t h, int64_t w,
+                                          int64_t size, int64_t stride, const float *x, float *y) {
+    int64_t ho = (h - size) / stride + 1, wo = (w - size) / stride + 1;
+    size_t total = (size_t)(nc * ho * wo);
+    if (total == 0) return anc_ok();
+    ENTER(ctx);
+    maxpool_forward_kernel<<<anc_blocks(total), ANC_THREADS, 0, ctx->stream>>>(
+        total, h, w, ho, wo, size, stride, x, y);
+    LAUNCH_CHECK("maxpool_forward");
+    return anc_ok();
+}
+
+extern "C" anc_status anc_maxpool_backward(anc_ctx *ctx, int64_t nc, int64_t h, int64_t w,
+                                           int64_t size, int64_t stride, const float *x,
+                                           const float *y, const float *dy, float *dx) {
+    int64_t ho = (h - size) / stride + 1, wo = (w - size) / stride + 1;
+    size_t total = (size_t)(nc * h * w);
+    if (total == 0) return anc_ok();
+    ENTER(ctx);
+    maxpool_backward_kernel<<<anc_blocks(total), ANC_THREADS, 0, ctx->stream>>>(
+        total, h, w, ho, wo, size, stride, x, y, dy, dx);
+    LAUNCH_CHECK("maxpool_backward");
+    return anc_ok();
+}
+
+// ---------------------------------------------------------------------------------------------
+// softmax, cross-entropy, label rank: one block per row
+
+// probs[N,K] = softmax(logits); when labels != NULL also loss[n] = logsumexp - logit[label] (the
+// same value as -ln probs[label], without the underflow) and dlogits = (probs - onehot) / N.
+__global__ void softmax_kernel(int64_t n, int64_t classes, const float *logits,
+                               const uint32_t *labels, float *probs, float *dlogits, float *loss) {
+    __shared__ float shared[ANC_THREADS];
+    int64_t row = blockIdx.x;
+    if (row >= n) return;  // whole block leaves together
+    const float *z = logits + row * classes;
+    float m = -INFINITY;
+    for (int64_t j = threadIdx.x; j < classes; j += ANC_THREADS) m = fmaxf(m, z[j]);
+    m = anc_block_max(m, shared);
+    float s = 0.0f;
+    for (int64_t j = threadIdx.x; j < classes; j += ANC_THREADS) s += expf(z[j] - m);
+    s = anc_block_sum(s, shared);
+    float inv = 1.0f / s;
+    float *p = probs + row * classes;
+    for (int64_t j = threadIdx.x; j < classes; j += ANC_THREADS) p[j] = expf(z[j] - m) * inv;
+    if (!labels) return;
+    uint32_t label = labels[row];
+    bool valid = (int64_t)label < classes;
+    float inv_n = 1.0f / (float)n;
+    float *d = dlogits + row * classes;
+    for (int64_t j = threadIdx.x; j < classes; j += ANC_THREADS)
+        d[j] = (p[j] - (j == (int64_t)label ? 1.0f : 0.0f)) * inv_n;
+    if (threadIdx.x == 0) loss[row] = valid ? logf(s) - (z[label] - m) : NAN;
+}
+
+// rank[n] = #{j : s_j > s_label or (s_j == s_label and j < label)}
+__global__ void label_rank_kernel(int64_t n, int64_t classes, const float *scores,
+                                  const uint32_t *labels, uint32_t *rank) {
+    __shared__ float shared[ANC_THREADS];
+    int64_t row = blockIdx.x;
+    if (row >= n) return;  // whole block leaves together
+    uint32_t label = labels[row];
+    const float *s = scores + row * classes;
+    bool valid = (int64_t)label < classes;
+    float sl = valid ? s[label] : 0.0f;
+    // Counts stay exact in f32 up to 2^24 classes.
+    float count = 0.0f;
+    if (valid)
+        for (int64_t j = threadIdx.x; j < classes; j += ANC_THREADS)
+            if (s[j] > sl || (s[j] == sl && j < (int64_t)label)) count += 1.0f;
+    count = anc_block_sum(count, shared);
+    if (threadIdx.x == 0) rank[row] = valid ? (uint32_t)count : (uint32_t)classes;
+}
+
+extern "C" anc_status anc_softmax(anc_ctx *ctx, int64_t n, int64_t classes, const float *logits,
+                                  float *probs) {
+    if (n == 0 || classes == 0) return anc_ok();
+    ENTER(ctx);
+    softmax_kernel<<<(unsigned)n, ANC_THREADS, 0, ctx->stream>>>(n, classes, logits, NULL, probs,
+                                                                 NULL, NULL);
+    LAUNCH_CHECK("softmax");
+    return anc_ok();
+}
+
+extern "C" anc_status anc_softmax_xent(anc_ctx *ctx, int64_t n, int64_t classes,
+                                       const float *logits, const uint32_t *labels, float *probs,
+                                       float *dlogits, float *loss) {
+    if (n == 0 || classes == 0) return anc_ok();
+    ENTER(ctx);
+    softmax_kernel<<<(unsigned)n, ANC_THREADS, 0, ctx->stream>>>(n, classes, logits, labels,
+                                                                 probs, dlogits, loss);
+    LAUNCH_CHECK("softmax_xent");
+    return anc_ok();
+}
+
+extern "C" anc_status anc_label_rank(anc_ctx *ctx, int64_t n, int64_t classes,
+                                     const float *scores, const uint32_t *labels, uint32_t *rank) {
+    if (n == 0 || classes == 0) return anc_ok();
+    ENTER(ctx);
+    label_rank_kernel<<<(unsigned)n, ANC_THREADS, 0, ctx->stream>>>(n, classes, scores, labels,
+                                                                    rank);
+    LAUNCH_CHECK("label_rank");
+    return anc_ok();
+}

@@ -1,0 +1,126 @@
+// Elementwise kernels: fill, scale, ReLU, tanh, dropout, the paper's SGD step.
+#include "common.cuh"
+
+__global__ void fill_kernel(float *x, size_t n, float value) {
+    GRID_STRIDE(i, n) x[i] = value;
+}
+
+__global__ void scale_kernel(float *x, size_t n, float a) {
+    GRID_STRIDE(i, n) x[i] *= a;
+}
+
+// x = max(x, 0)
+__global__ void relu_forward_kernel(float *x, size_t n) {
+    GRID_STRIDE(i, n) x[i] = x[i] > 0.0f ? x[i] : 0.0f;
+}
+
+// dy *= (y > 0)
+__global__ void relu_backward_kernel(const float *y, float *dy, size_t n) {
+    GRID_STRIDE(i, n) if (!(y[i] > 0.0f)) dy[i] = 0.0f;
+}
+
+// x = tanh(x)
+__global__ void tanh_forward_kernel(float *x, size_t n) {
+    GRID_STRIDE(i, n) x[i] = tanhf(x[i]);
+}
+
+// dy *= 1 - y^2
+__global__ void tanh_backward_kernel(const float *y, float *dy, size_t n) {
+    GRID_STRIDE(i, n) dy[i] *= 1.0f - y[i] * y[i];
+}
+
+// The three lines of src/rng.rs (SplitMix64 finaliser), so the mask is bit-identical to the CPU's.
+__device__ inline uint64_t anc_mix64(uint64_t z) {
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+__device__ inline bool anc_dropout_keep(uint64_t seed, uint64_t index, float p) {
+    uint64_t h = anc_mix64(seed ^ anc_mix64(index + 0x9e3779b97f4a7c15ULL));
+    // 24 bits, exact in f32, times 2^-24 (exact): the same value as rng::uniform_at.
+    float u = (float)(h >> 40) * (1.0f / 16777216.0f);
+    return u >= p;
+}
+
+// x[i] = keep(i) ? x[i] * keep_scale : 0
+__global__ void dropout_kernel(float *x, size_t n, float p, float keep_scale, uint64_t seed) {
+    GRID_STRIDE(i, n) x[i] = anc_dropout_keep(seed, (uint64_t)i, p) ? x[i] * keep_scale : 0.0f;
+}
+
+// v = momentum*v - weight_decay*lr*w - lr*dw ; w = w + v
+__global__ void sgd_kernel(float *w, const float *dw, float *v, size_t n, float lr, float momentum,
+                           float weight_decay) {
+    GRID_STRIDE(i, n) {
+        float vi = momentum * v[i] - weight_decay * lr * w[i] - lr * dw[i];
+        v[i] = vi;
+        w[i] += vi;
+    }
+}
+
+extern "C" anc_status anc_fill(anc_ctx *ctx, float *x, size_t n, float value) {
+    if (n == 0) return anc_ok();
+    ENTER(ctx);
+    fill_kernel<<<anc_blocks(n), ANC_THREADS, 0, ctx->stream>>>(x, n, value);
+    LAUNCH_CHECK("fill");
+    return anc_ok();
+}
+
+extern "C" anc_status anc_scale(anc_ctx *ctx, float *x, size_t n, float a) {
+    if (n == 0) return anc_ok();
+    ENTER(ctx);
+    scale_kernel<<<anc_blocks(n), ANC_THREADS, 0, ctx->stream>>>(x, n, a);
+    LAUNCH_CHECK("scale");
+    return anc_ok();
+}
+
+extern "C" anc_status anc_relu_forward(anc_ctx *ctx, float *x, size_t n) {
+    if (n == 0) return anc_ok();
+    ENTER(ctx);
+    relu_forward_kernel<<<anc_blocks(n), ANC_THREADS, 0, ctx->stream>>>(x, n);
+    LAUNCH_CHECK("relu_forward");
+    return anc_ok();
+}
+
+extern "C" anc_status anc_relu_backward(anc_ctx *ctx, const float *y, float *dy, size_t n) {
+    if (n == 0) return anc_ok();
+    ENTER(ctx);
+    relu_backward_kernel<<<anc_blocks(n), ANC_THREADS, 0, ctx->stream>>>(y, dy, n);
+    LAUNCH_CHECK("relu_backward");
+    return anc_ok();
+}
+
+extern "C" anc_status anc_tanh_forward(anc_ctx *ctx, float *x, size_t n) {
+    if (n == 0) return anc_ok();
+    ENTER(ctx);
+    tanh_forward_kernel<<<anc_blocks(n), ANC_THREADS, 0, ctx->stream>>>(x, n);
+    LAUNCH_CHECK("tanh_forward");
+    return anc_ok();
+}
+
+extern "C" anc_status anc_tanh_backward(anc_ctx *ctx, const float *y, float *dy, size_t n) {
+    if (n == 0) return anc_ok();
+    ENTER(ctx);
+    tanh_backward_kernel<<<anc_blocks(n), ANC_THREADS, 0, ctx->stream>>>(y, dy, n);
+    LAUNCH_CHECK("tanh_backward");
+    return anc_ok();
+}
+
+extern "C" anc_status anc_dropout(anc_ctx *ctx, float *x, size_t n, float p, float keep_scale,
+                                  uint64_t seed) {
+    if (n == 0) return anc_ok();
+    ENTER(ctx);
+    dropout_kernel<<<anc_blocks(n), ANC_THREADS, 0, ctx->stream>>>(x, n, p, keep_scale, seed);
+    LAUNCH_CHECK("dropout");
+    return anc_ok();
+}
+
+extern "C" anc_status anc_sgd_update(anc_ctx *ctx, float *w, const float *dw, float *v, size_t n,
+                                     float lr, float momentum, float weight_decay) {
+    if (n == 0) return anc_ok();
+    ENTER(ctx);
+    sgd_kernel<<<anc_blocks(n), ANC_THREADS, 0, ctx->stream>>>(w, dw, v, n, lr, momentum,
+                                                               weight_decay);
+    LAUNCH_CHECK("sgd_update");
+    return anc_ok();
+}

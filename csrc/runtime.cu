@@ -1,0 +1,141 @@
+// Device selection, context (stream + cuBLAS handle), memory and copies.
+#include <new>
+
+#include "common.cuh"
+
+extern "C" anc_status anc_device_count(int *count) {
+    *count = 0;
+    CUDA_TRY("cudaGetDeviceCount", cudaGetDeviceCount(count));
+    return anc_ok();
+}
+
+// Releases whatever part of a context was created; safe on a partly built one.
+static void anc_release(anc_ctx *ctx) {
+    if (!ctx) return;
+    cudaSetDevice(ctx->device);
+    if (ctx->blas) cublasDestroy(ctx->blas);
+    if (ctx->stream) cudaStreamDestroy(ctx->stream);
+    delete ctx;
+}
+
+static anc_status anc_build(anc_ctx *ctx, char *name, size_t name_len) {
+    CUDA_TRY("cudaSetDevice", cudaSetDevice(ctx->device));
+    cudaDeviceProp prop;
+    CUDA_TRY("cudaGetDeviceProperties", cudaGetDeviceProperties(&prop, ctx->device));
+    if (name && name_len > 0) snprintf(name, name_len, "%s", prop.name);
+    CUDA_TRY("cudaStreamCreateWithFlags",
+             cudaStreamCreateWithFlags(&ctx->stream, cudaStreamNonBlocking));
+    CUBLAS_TRY("cublasCreate", cublasCreate(&ctx->blas));
+    CUBLAS_TRY("cublasSetStream", cublasSetStream(ctx->blas, ctx->stream));
+    // Strict f32 until the caller opts into TF32.
+    CUBLAS_TRY("cublasSetMathMode", cublasSetMathMode(ctx->blas, CUBLAS_DEFAULT_MATH));
+    return anc_ok();
+}
+
+extern "C" anc_status anc_create(int device, anc_ctx **out, char *name, size_t name_len) {
+    *out = NULL;
+    // No C++ exception may cross the C boundary.
+    anc_ctx *ctx = new (std::nothrow) anc_ctx;
+    if (!ctx) return anc_fail(ANC_CUDA, (int)cudaErrorMemoryAllocation, "new anc_ctx", "host allocation failed");
+    ctx->device = device;
+    ctx->stream = NULL;
+    ctx->blas = NULL;
+    anc_status st = anc_build(ctx, name, name_len);
+    if (st.code != 0) {
+        anc_release(ctx);
+        return st;
+    }
+    *out = ctx;
+    return anc_ok();
+}
+
+extern "C" void anc_destroy(anc_ctx *ctx) {
+    if (!ctx) return;
+    cudaSetDevice(ctx->device);
+    cudaStreamSynchronize(ctx->stream);
+    anc_release(ctx);
+}
+
+extern "C" anc_status anc_set_tf32(anc_ctx *ctx, int on) {
+    ENTER(ctx);
+    CUBLAS_TRY("cublasSetMathMode",
+               cublasSetMathMode(ctx->blas, on ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
+    return anc_ok();
+}
+
+extern "C" anc_status anc_mem_info(int device, size_t *free_bytes, size_t *total_bytes) {
+    *free_bytes = 0;
+    *total_bytes = 0;
+    CUDA_TRY("cudaSetDevice", cudaSetDevice(device));
+    CUDA_TRY("cudaMemGetInfo", cudaMemGetInfo(free_bytes, total_bytes));
+    return anc_ok();
+}
+
+extern "C" anc_status anc_malloc(int device, size_t bytes, void **out) {
+    *out = NULL;
+    if (bytes == 0) return anc_ok();
+    CUDA_TRY("cudaSetDevice", cudaSetDevice(device));
+    cudaError_t e = cudaMalloc(out, bytes);
+    if (e != cudaSuccess) {
+        *out = NULL;
+        // A failed cudaMalloc leaves its error as the "last error"; clear it so the next launch
+        // check does not report it again.
+        cudaGetLastError();
+        return anc_cuda_status(e, "cudaMalloc");
+    }
+    return anc_ok();
+}
+
+// Waits for the device before freeing: kernels queued on the engine's (non-blocking) stream may
+// still use the memory. Frees even when the wait reports an earlier kernel's error, then returns
+// that error.
+extern "C" anc_status anc_free(int device, void *ptr) {
+    if (!ptr) return anc_ok();
+    CUDA_TRY("cudaSetDevice", cudaSetDevice(device));
+    cudaError_t waited = cudaDeviceSynchronize();
+    CUDA_TRY("cudaFree", cudaFree(ptr));
+    if (waited != cudaSuccess) return anc_cuda_status(waited, "cudaDeviceSynchronize (before cudaFree)");
+    return anc_ok();
+}
+
+extern "C" anc_status anc_memset_zero(anc_ctx *ctx, void *ptr, size_t bytes) {
+    if (bytes == 0) return anc_ok();
+    ENTER(ctx);
+    CUDA_TRY("cudaMemsetAsync", cudaMemsetAsync(ptr, 0, bytes, ctx->stream));
+    return anc_ok();
+}
+
+// Host memory is pageable and owned by the caller, so both directions wait for the copy.
+extern "C" anc_status anc_upload(anc_ctx *ctx, void *dst, const void *src, size_t bytes) {
+    if (bytes == 0) return anc_ok();
+    ENTER(ctx);
+    CUDA_TRY("cudaMemcpyAsync(HostToDevice)",
+             cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, ctx->stream));
+    CUDA_TRY("cudaStreamSynchronize", cudaStreamSynchronize(ctx->stream));
+    return anc_ok();
+}
+
+extern "C" anc_status anc_download(anc_ctx *ctx, void *dst, const void *src, size_t bytes) {
+    if (bytes == 0) return anc_ok();
+    ENTER(ctx);
+    CUDA_TRY("cudaMemcpyAsync(DeviceToHost)",
+             cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, ctx->stream));
+    CUDA_TRY("cudaStreamSynchronize", cudaStreamSynchronize(ctx->stream));
+    return anc_ok();
+}
+
+extern "C" anc_status anc_copy(anc_ctx *ctx, void *dst, const void *src, size_t bytes) {
+    if (bytes == 0) return anc_ok();
+    ENTER(ctx);
+    CUDA_TRY("cudaMemcpyAsync(DeviceToDevice)",
+             cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, ctx->stream));
+    return anc_ok();
+}
+
+extern "C" anc_status anc_synchronize(anc_ctx *ctx) {
+    ENTER(ctx);
+    CUDA_TRY("cudaStreamSynchronize", cudaStreamSynchronize(ctx->stream));
+    // Errors of earlier kernels that were launched fine but failed while running.
+    CUDA_TRY("cudaGetLastError", cudaGetLastError());
+    return anc_ok();
+}

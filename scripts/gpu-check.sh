@@ -1,0 +1,215 @@
+#!/usr/bin/env bash
+# The GPU check, in two halves (the GPU host has no Rust toolchain and no network):
+#
+#   scripts/gpu-check.sh prepare   # here (no GPU needed): build the CUDA test and bench binaries
+#                                  # (release, stripped) and pack them into .gpu-pack/ (< 60 MiB)
+#   scripts/gpu-check.sh run       # on the GPU host, from the repo root with .gpu-pack/ present:
+#                                  # GPU tests, one-step GPU-vs-CPU model check, throughput bench
+#                                  # beside PyTorch+cuDNN; logs to $OUT (if set) or .gpu-pack/logs;
+#                                  # a summary table last. Stays under 7 minutes.
+#
+# prepare needs CUDA_PATH (a CUDA 13.0 toolkit); without it, it installs the pinned PyPI toolkit
+# with scripts/install-cuda-toolkit.sh into ${ALEXNET_CUDA_DIR:-$HOME/.cache/alexnet-cuda13}.
+# run finds libcublas.so.13 on the host (PyTorch's pip packages or a system toolkit) and puts its
+# directory on LD_LIBRARY_PATH: cuBLAS (~600 MB) is never packed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PACK=.gpu-pack
+LIMIT_MIB=60
+
+prepare() {
+    if [[ -z "${CUDA_PATH:-}" ]]; then
+        CUDA_PATH="$(bash scripts/install-cuda-toolkit.sh "${ALEXNET_CUDA_DIR:-$HOME/.cache/alexnet-cuda13}" | tail -n1)"
+        export CUDA_PATH
+    fi
+    echo "CUDA_PATH=$CUDA_PATH"
+    # No debug info and stripped symbols: the binaries must fit the pack limit.
+    export CARGO_PROFILE_RELEASE_DEBUG=0 CARGO_PROFILE_RELEASE_STRIP=symbols
+
+    rm -rf "$PACK"
+    mkdir -p "$PACK/bin"
+    local json="$PACK/cargo-tests.json"
+    cargo test --release --features cuda --no-run --message-format=json >"$json"
+    # Test binaries for the GPU: tests/cuda_*.rs and tests/model*.rs.
+    python3 - "$json" "$PACK/bin" >"$PACK/tests.txt" <<'EOF'
+import json, shutil, sys, os
+src, dst = sys.argv[1], sys.argv[2]
+for line in open(src):
+    try:
+        m = json.loads(line)
+    except ValueError:
+        continue
+    if m.get("reason") != "compiler-artifact" or not m.get("executable"):
+        continue
+    t = m["target"]
+    if "test" not in t["kind"]:
+        continue
+    if not (t["name"].startswith("cuda_") or t["name"].startswith("model")):
+        continue
+    shutil.copy2(m["executable"], os.path.join(dst, t["name"]))
+    print(t["name"])
+EOF
+    rm -f "$json"
+    if [[ ! -s "$PACK/tests.txt" ]]; then
+        echo "no cuda_*/model* test binaries were built" >&2
+        exit 1
+    fi
+
+    if cargo build --release --features cuda --bin alexnet-cli; then
+        cp target/release/alexnet-cli "$PACK/bin/"
+    else
+        echo "warning: alexnet-cli did not build; run will skip the Rust bench" >&2
+    fi
+    strip "$PACK"/bin/* 2>/dev/null || true
+    if [[ -f benches/compare_pytorch.py ]]; then
+        cp benches/compare_pytorch.py "$PACK/"
+    else
+        echo "warning: benches/compare_pytorch.py missing; run will skip PyTorch" >&2
+    fi
+
+    {
+        echo "built: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+        echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo ' (+ uncommitted changes)')"
+        echo "toolkit: $("$CUDA_PATH/bin/nvcc" --version | tail -n1)"
+        echo "tests: $(tr '\n' ' ' <"$PACK/tests.txt")"
+        (cd "$PACK" && ls -l bin)
+    } >"$PACK/manifest.txt"
+    cat "$PACK/manifest.txt"
+
+    local mib
+    mib=$(du -sm "$PACK" | cut -f1)
+    echo "pack: $mib MiB in $PACK"
+    if ((mib >= LIMIT_MIB)); then
+        echo "pack is $mib MiB, over the $LIMIT_MIB MiB limit" >&2
+        exit 1
+    fi
+}
+
+# ---- run (GPU host) ----
+
+START=$(date +%s)
+BUDGET_S=${GPU_CHECK_BUDGET_S:-400}
+SUMMARY=()
+
+remaining() { echo $((BUDGET_S - ($(date +%s) - START))); }
+
+# step NAME LOG CAP_S CMD...: runs CMD with at most min(CAP_S, time left), logs to LOG, records
+# the outcome and the last matching result line in the summary.
+step() {
+    local name=$1 log=$2 cap=$3
+    shift 3
+    local left
+    left=$(remaining)
+    if ((left < 15)); then
+        SUMMARY+=("$(printf '%-28s %-8s %s' "$name" "SKIPPED" "out of time")")
+        return 0
+    fi
+    ((cap > left)) && cap=$left
+    local t0 rc=0
+    t0=$(date +%s)
+    echo "== $name (limit ${cap}s)"
+    timeout "$cap" "$@" >"$log" 2>&1 || rc=$?
+    local dt=$(($(date +%s) - t0))
+    tail -n 25 "$log"
+    local status="ok"
+    ((rc == 124)) && status="TIMEOUT"
+    ((rc != 0 && rc != 124)) && status="FAIL($rc)"
+    local detail
+    detail=$(grep -E "test result:|images/s|TFLOP/s" "$log" | tail -n 1 | cut -c1-80 || true)
+    # A test binary passes without a device too: say so, or a skip reads as a GPU pass.
+    local skips
+    skips=$(grep -c "skipped: no CUDA device" "$log" || true)
+    ((skips > 0)) && detail="$detail [$skips GPU tests SKIPPED: no device]"
+    SUMMARY+=("$(printf '%-28s %-8s %4ss  %s' "$name" "$status" "$dt" "$detail")")
+}
+
+find_cublas() {
+    local hit dir
+    for root in /opt /usr/local /usr/lib /usr /; do
+        hit=$(timeout 60 find "$root" -name 'libcublas.so.13*' -not -path '/proc/*' 2>/dev/null | head -n1 || true)
+        if [[ -n "$hit" ]]; then
+            dir=$(dirname "$hit")
+            echo "$dir"
+            return 0
+        fi
+    done
+    return 1
+}
+
+run() {
+    [[ -d "$PACK/bin" ]] || { echo "$PACK/bin missing: run 'scripts/gpu-check.sh prepare' first" >&2; exit 1; }
+    local logs=${OUT:-$PACK/logs}
+    mkdir -p "$logs"
+    cat "$PACK/manifest.txt" 2>/dev/null || true
+
+    local card
+    if command -v nvidia-smi >/dev/null; then
+        card=$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | head -n1 || true)
+    else
+        card="no nvidia-smi (no NVIDIA driver on this host)"
+    fi
+    echo "card: $card"
+    nvidia-smi >"$logs/nvidia-smi.txt" 2>&1 || true
+
+    local cublas_dir
+    if cublas_dir=$(find_cublas); then
+        echo "libcublas.so.13 in $cublas_dir"
+        export LD_LIBRARY_PATH="$cublas_dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    else
+        echo "warning: libcublas.so.13 not found; the binaries will not load" >&2
+    fi
+
+    local py=python3
+    [[ -x /opt/torch/.venv/bin/python ]] && py=/opt/torch/.venv/bin/python
+
+    # The card's f32 GEMM rate (TF32 off), the yardstick for the per-layer GFLOP/s.
+    step "sgemm rate (torch, f32)" "$logs/sgemm.log" 40 "$py" - <<'EOF'
+import time, torch
+torch.backends.cuda.matmul.allow_tf32 = False
+n = 8192
+a = torch.randn(n, n, device="cuda"); b = torch.randn(n, n, device="cuda")
+for _ in range(3): a @ b
+torch.cuda.synchronize(); t = time.time(); reps = 20
+for _ in range(reps): a @ b
+torch.cuda.synchronize(); dt = time.time() - t
+print(f"{torch.cuda.get_device_name()}: sgemm {n}^3 {2 * n**3 * reps / dt / 1e12:.1f} TFLOP/s")
+EOF
+
+    local name
+    while read -r name; do
+        [[ -n "$name" ]] || continue
+        # stdin from /dev/null: the loop's own stdin is the list of names.
+        step "test $name" "$logs/test-$name.log" 200 "$PACK/bin/$name" --test-threads=1 --nocapture </dev/null
+    done <"$PACK/tests.txt"
+
+    if [[ -x "$PACK/bin/alexnet-cli" ]]; then
+        # The batch flag's spelling, from the binary's own help.
+        local batch_flag=--batch
+        "$PACK/bin/alexnet-cli" bench --help 2>/dev/null | grep -q -- '--batch-size' && batch_flag=--batch-size
+        step "bench alexnet-rs cuda b128" "$logs/bench-rust.log" 120 \
+            "$PACK/bin/alexnet-cli" bench --device cuda "$batch_flag" 128 --steps 20
+    else
+        SUMMARY+=("$(printf '%-28s %-8s %s' "bench alexnet-rs cuda b128" "SKIPPED" "alexnet-cli not packed")")
+    fi
+    if [[ -f "$PACK/compare_pytorch.py" ]]; then
+        step "bench pytorch cuda b128" "$logs/bench-pytorch.log" 120 \
+            "$py" "$PACK/compare_pytorch.py" --device cuda --batch 128 --steps 20
+    else
+        SUMMARY+=("$(printf '%-28s %-8s %s' "bench pytorch cuda b128" "SKIPPED" "compare_pytorch.py not packed")")
+    fi
+
+    {
+        echo
+        echo "== summary: $card ($(($(date +%s) - START)) s)"
+        printf '%s\n' "${SUMMARY[@]}"
+    } | tee "$logs/summary.txt"
+}
+
+case "${1:-}" in
+prepare) prepare ;;
+run) run ;;
+*)
+    echo "usage: $0 prepare|run" >&2
+    exit 2
+    ;;
+esac

@@ -1,0 +1,802 @@
+//! The CUDA engine: a safe wrapper over the kernels in `csrc/` (im2col + cuBLAS GEMMs for the
+//! convolutions and fully connected layers, hand-written kernels for the rest).
+//!
+//! Every op checks its shapes on the host ([`plan`]) before queuing anything; every CUDA/cuBLAS
+//! call and launch on the C side is checked and comes back as [`Error`] with the call's name
+//! ([`status`]). Work runs on one stream per engine; `download` and `synchronize` wait for it.
+//! `unsafe` is confined to this module: each block is an FFI call whose pointers come from live
+//! [`DeviceBuffer`]s of the lengths the preceding checks verified.
+
+mod ffi;
+mod memory;
+pub mod plan;
+pub mod status;
+
+use std::ffi::c_char;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+use crate::engine::{check_len, ConvShape, Engine, FcShape, LrnParams, LrnShape, PoolShape};
+use crate::error::{Error, Result};
+
+pub use memory::DeviceBuffer;
+use memory::DeviceMem;
+
+/// Number of CUDA devices the runtime sees; `Error::NoDevice` when there is no driver or GPU.
+pub fn device_count() -> Result<usize> {
+    let mut count: i32 = 0;
+    // SAFETY: anc_device_count writes one int through the valid `&mut count`.
+    let st = unsafe { ffi::anc_device_count(&mut count) };
+    status::check(&st)?;
+    Ok(count.max(0) as usize)
+}
+
+/// The context and the engine-owned scratch, behind one lock: the C side's stream and cuBLAS
+/// handle are used by one host thread at a time, and a grow of the scratch cannot race a launch.
+struct Inner {
+    ctx: *mut ffi::anc_ctx,
+    /// im2col scratch (f32), grow-only.
+    scratch: DeviceMem,
+    /// Labels for the loss and top-k (u32), grow-only.
+    labels: DeviceMem,
+    /// Per-row loss (f32) or label rank (u32), grow-only.
+    rows: DeviceMem,
+}
+
+// SAFETY: the context pointer is only dereferenced by the C side while the engine's Mutex is held,
+// so at most one host thread uses the stream and cuBLAS handle at a time; each C entry point makes
+// the context's device current for the calling thread.
+unsafe impl Send for Inner {}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // SAFETY: ctx came from anc_create and is destroyed exactly once (here); anc_destroy waits
+        // for the stream first.
+        unsafe { ffi::anc_destroy(self.ctx) };
+    }
+}
+
+/// Makes `mem` at least `bytes` long (freeing the old allocation first so peak memory does not
+/// double).
+fn grow(mem: &mut DeviceMem, device: i32, bytes: usize, what: &str) -> Result<()> {
+    if mem.bytes() < bytes {
+        *mem = DeviceMem::empty(device);
+        *mem = DeviceMem::alloc(device, bytes, what)?;
+    }
+    Ok(())
+}
+
+/// The CUDA engine on one device.
+pub struct CudaEngine {
+    device: i32,
+    name: String,
+    tf32: AtomicBool,
+    /// Scratch floats a convolution may use (see `plan::conv_plan`).
+    scratch_budget: AtomicUsize,
+    inner: Mutex<Inner>,
+}
+
+impl CudaEngine {
+    /// Opens device `device`. Without a driver or GPU, or with an out-of-range ordinal, returns
+    /// [`Error::NoDevice`] saying so.
+    pub fn new(device: usize) -> Result<CudaEngine> {
+        let count = device_count()?;
+        if count == 0 {
+            return Err(Error::NoDevice(
+                "the CUDA runtime reports 0 devices (check nvidia-smi)".to_string(),
+            ));
+        }
+        if device >= count {
+            return Err(Error::NoDevice(format!(
+                "device {device} requested, but only {count} CUDA device(s) present"
+            )));
+        }
+        let dev = device as i32;
+        let mut ctx: *mut ffi::anc_ctx = std::ptr::null_mut();
+        let mut name = [0 as c_char; 256];
+        // SAFETY: anc_create writes the context pointer through `&mut ctx` and at most
+        // name.len() bytes (NUL included) into `name`.
+        let st = unsafe { ffi::anc_create(dev, &mut ctx, name.as_mut_ptr(), name.len()) };
+        status::check(&st)?;
+        Ok(CudaEngine {
+            device: dev,
+            name: status::c_text(&name),
+            tf32: AtomicBool::new(false),
+            scratch_budget: AtomicUsize::new(plan::SCRATCH_BUDGET_FLOATS),
+            inner: Mutex::new(Inner {
+                ctx,
+                scratch: DeviceMem::empty(dev),
+                labels: DeviceMem::empty(dev),
+                rows: DeviceMem::empty(dev),
+            }),
+        })
+    }
+
+    /// TF32 tensor-core GEMMs (10-bit mantissa products, f32 accumulation: relative error ~1e-3)
+    /// instead of strict f32. Off by default.
+    pub fn set_tf32(&self, on: bool) -> Result<()> {
+        let inner = self.lock();
+        // SAFETY: inner.ctx is a live context (owned by Inner, lock held).
+        let st = unsafe { ffi::anc_set_tf32(inner.ctx, on as i32) };
+        status::check(&st)?;
+        self.tf32.store(on, Ordering::Relaxed);
+        Ok(())
+    }
+
+    pub fn tf32(&self) -> bool {
+        self.tf32.load(Ordering::Relaxed)
+    }
+
+    /// Caps the convolution scratch at `floats` (at least one image's worth is always used):
+    /// smaller saves memory at the cost of smaller GEMMs; tests use it to force chunking.
+    pub fn set_scratch_budget(&self, floats: usize) {
+        self.scratch_budget.store(floats, Ordering::Relaxed);
+    }
+
+    fn budget(&self) -> usize {
+        self.scratch_budget.load(Ordering::Relaxed)
+    }
+
+    pub fn device(&self) -> usize {
+        self.device as usize
+    }
+
+    /// (free, total) bytes of device memory, when the runtime can tell.
+    pub fn memory_info(&self) -> Option<(u64, u64)> {
+        memory::mem_info(self.device)
+    }
+
+    /// For each row n of scores[N, K], the number of classes ranked above labels[n] (higher score,
+    /// or equal score and lower index): the label is among the top k iff rank < k. Top-1 and
+    /// top-5 error counts follow from one call.
+    pub fn label_ranks(
+        &self,
+        n: usize,
+        classes: usize,
+        scores: &DeviceBuffer,
+        labels: &[u32],
+    ) -> Result<Vec<u32>> {
+        const OP: &str = "label_ranks";
+        plan::softmax(OP, n, classes, &[("scores", scores.len())], Some(labels))?;
+        let mut inner = self.lock();
+        self.stage_labels(&mut inner, labels)?;
+        grow(&mut inner.rows, self.device, n * 4, "label ranks")?;
+        let mut ranks = vec![0u32; n];
+        // SAFETY: scores holds n*classes f32 (checked), the labels buffer holds n u32 (staged
+        // above), rows holds at least n u32 (grown above); the download writes n u32 into `ranks`.
+        let st = unsafe {
+            let rows = inner.rows.ptr() as *mut u32;
+            let st = ffi::anc_label_rank(
+                inner.ctx,
+                n as i64,
+                classes as i64,
+                scores.as_ptr(),
+                inner.labels.ptr() as *const u32,
+                rows,
+            );
+            if st.code != 0 {
+                st
+            } else {
+                ffi::anc_download(inner.ctx, ranks.as_mut_ptr().cast(), rows.cast(), n * 4)
+            }
+        };
+        status::check(&st)?;
+        Ok(ranks)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves no half-updated state on the host side (the
+        // scratch is either the old or the new allocation), so a poisoned lock is still usable.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Copies `labels` into the engine's device label buffer.
+    fn stage_labels(&self, inner: &mut Inner, labels: &[u32]) -> Result<()> {
+        let bytes = std::mem::size_of_val(labels);
+        grow(&mut inner.labels, self.device, bytes, "labels")?;
+        // SAFETY: the label buffer holds at least `bytes` (grown above) and `labels` is a live
+        // host slice of `bytes` bytes.
+        let st = unsafe {
+            ffi::anc_upload(inner.ctx, inner.labels.ptr(), labels.as_ptr().cast(), bytes)
+        };
+        status::check(&st)
+    }
+
+    /// The im2col scratch, grown to `floats`.
+    fn scratch(&self, inner: &mut Inner, floats: usize) -> Result<*mut f32> {
+        grow(
+            &mut inner.scratch,
+            self.device,
+            plan::f32_bytes(floats)?,
+            "the convolution scratch (im2col)",
+        )?;
+        Ok(inner.scratch.ptr() as *mut f32)
+    }
+}
+
+fn conv_ffi(s: &ConvShape) -> ffi::anc_conv {
+    ffi::anc_conv {
+        n: s.n as i64,
+        c_in: s.c_in as i64,
+        h: s.h as i64,
+        w: s.w as i64,
+        c_out: s.c_out as i64,
+        kh: s.kh as i64,
+        kw: s.kw as i64,
+        stride: s.stride as i64,
+        pad: s.pad as i64,
+        groups: s.groups as i64,
+    }
+}
+
+/// The scratch floats the C side computes for a conv call; lets tests check that the host plan and
+/// the kernels agree on the layout without a device (the function does no CUDA calls).
+pub fn c_conv_scratch_floats(s: &ConvShape, chunk: usize, backward_weights: bool) -> usize {
+    let shape = conv_ffi(s);
+    // SAFETY: pure arithmetic on the struct passed by pointer; no device access.
+    unsafe { ffi::anc_conv_scratch_floats(&shape, chunk as i64, backward_weights as i32) }
+}
+
+impl Engine for CudaEngine {
+    type Buf = DeviceBuffer;
+
+    fn name(&self) -> String {
+        let mode = if self.tf32() { "tf32" } else { "f32" };
+        format!("cuda:{} {} ({mode})", self.device, self.name)
+    }
+
+    fn alloc(&self, len: usize) -> Result<DeviceBuffer> {
+        let bytes = plan::f32_bytes(len)?;
+        let mem = DeviceMem::alloc(self.device, bytes, &format!("a buffer of {len} f32"))?;
+        let inner = self.lock();
+        // SAFETY: mem is a fresh allocation of `bytes` bytes on this device.
+        let st = unsafe { ffi::anc_memset_zero(inner.ctx, mem.ptr(), bytes) };
+        status::check(&st)?;
+        Ok(DeviceBuffer::new(mem, len))
+    }
+
+    fn buf_len(&self, buf: &DeviceBuffer) -> usize {
+        buf.len()
+    }
+
+    fn upload(&self, dst: &mut DeviceBuffer, src: &[f32]) -> Result<()> {
+        check_len("upload", "src", src.len(), dst.len())?;
+        let inner = self.lock();
+        // SAFETY: dst holds dst.len() f32 and src is a live host slice of the same length.
+        let st = unsafe {
+            ffi::anc_upload(
+                inner.ctx,
+                dst.as_mut_ptr().cast(),
+                src.as_ptr().cast(),
+                src.len() * 4,
+            )
+        };
+        status::check(&st)
+    }
+
+    fn download(&self, src: &DeviceBuffer, dst: &mut [f32]) -> Result<()> {
+        check_len("download", "dst", dst.len(), src.len())?;
+        let inner = self.lock();
+        // SAFETY: src holds src.len() f32 and dst is a live host slice of the same length.
+        let st = unsafe {
+            ffi::anc_download(
+                inner.ctx,
+                dst.as_mut_ptr().cast(),
+                src.as_ptr().cast(),
+                dst.len() * 4,
+            )
+        };
+        status::check(&st)
+    }
+
+    fn copy(&self, dst: &mut DeviceBuffer, src: &DeviceBuffer) -> Result<()> {
+        check_len("copy", "src", src.len(), dst.len())?;
+        let inner = self.lock();
+        // SAFETY: both buffers hold dst.len() f32; `&mut dst` and `&src` cannot alias.
+        let st = unsafe {
+            ffi::anc_copy(
+                inner.ctx,
+                dst.as_mut_ptr().cast(),
+                src.as_ptr().cast(),
+                dst.len() * 4,
+            )
+        };
+        status::check(&st)
+    }
+
+    fn fill(&self, buf: &mut DeviceBuffer, value: f32) -> Result<()> {
+        let inner = self.lock();
+        // SAFETY: buf holds buf.len() f32.
+        let st = unsafe { ffi::anc_fill(inner.ctx, buf.as_mut_ptr(), buf.len(), value) };
+        status::check(&st)
+    }
+
+    fn scale(&self, buf: &mut DeviceBuffer, a: f32) -> Result<()> {
+        let inner = self.lock();
+        // SAFETY: buf holds buf.len() f32.
+        let st = unsafe { ffi::anc_scale(inner.ctx, buf.as_mut_ptr(), buf.len(), a) };
+        status::check(&st)
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        let inner = self.lock();
+        // SAFETY: inner.ctx is a live context.
+        let st = unsafe { ffi::anc_synchronize(inner.ctx) };
+        status::check(&st)
+    }
+
+    // y[N,Cout,Ho,Wo] = conv(x[N,Cin,H,W], w[Cout,Cin/g,kh,kw]) + b[Cout]
+    fn conv_forward(
+        &self,
+        s: &ConvShape,
+        x: &DeviceBuffer,
+        w: &DeviceBuffer,
+        b: &DeviceBuffer,
+        y: &mut DeviceBuffer,
+    ) -> Result<()> {
+        let plan = plan::conv_forward(s, self.budget(), x.len(), w.len(), b.len(), y.len())?;
+        let mut inner = self.lock();
+        let scratch = self.scratch(&mut inner, plan.scratch_floats)?;
+        let shape = conv_ffi(s);
+        // SAFETY: x, w, b, y have the lengths the shape needs (checked) and the scratch holds
+        // plan.scratch_floats = anc_conv_scratch_floats(shape, chunk, 0) floats.
+        let st = unsafe {
+            ffi::anc_conv_forward(
+                inner.ctx,
+                &shape,
+                plan.chunk as i64,
+                x.as_ptr(),
+                w.as_ptr(),
+                b.as_ptr(),
+                y.as_mut_ptr(),
+                scratch,
+            )
+        };
+        status::check(&st)
+    }
+
+    // dx[N,Cin,H,W] = conv_transpose(dy[N,Cout,Ho,Wo], w[Cout,Cin/g,kh,kw])
+    fn conv_backward_data(
+        &self,
+        s: &ConvShape,
+        dy: &DeviceBuffer,
+        w: &DeviceBuffer,
+        dx: &mut DeviceBuffer,
+    ) -> Result<()> {
+        let plan = plan::conv_backward_data(s, self.budget(), dy.len(), w.len(), dx.len())?;
+        let mut inner = self.lock();
+        let scratch = self.scratch(&mut inner, plan.scratch_floats)?;
+        let shape = conv_ffi(s);
+        // SAFETY: dy, w, dx have the lengths the shape needs (checked); the scratch holds the
+        // planned floats.
+        let st = unsafe {
+            ffi::anc_conv_backward_data(
+                inner.ctx,
+                &shape,
+                plan.chunk as i64,
+                dy.as_ptr(),
+                w.as_ptr(),
+                dx.as_mut_ptr(),
+                scratch,
+            )
+        };
+        status::check(&st)
+    }
+
+    // dw[Cout,Cin/g,kh,kw] = sum_n dy ⋆ x ; db[Cout] = sum dy
+    fn conv_backward_weights(
+        &self,
+        s: &ConvShape,
+        x: &DeviceBuffer,
+        dy: &DeviceBuffer,
+        dw: &mut DeviceBuffer,
+        db: &mut DeviceBuffer,
+    ) -> Result<()> {
+        let plan =
+            plan::conv_backward_weights(s, self.budget(), x.len(), dy.len(), dw.len(), db.len())?;
+        let mut inner = self.lock();
+        let scratch = self.scratch(&mut inner, plan.scratch_floats)?;
+        let shape = conv_ffi(s);
+        // SAFETY: x, dy, dw, db have the lengths the shape needs (checked); the scratch holds the
+        // planned floats (im2col plus transposed dy).
+        let st = unsafe {
+            ffi::anc_conv_backward_weights(
+                inner.ctx,
+                &shape,
+                plan.chunk as i64,
+                x.as_ptr(),
+                dy.as_ptr(),
+                dw.as_mut_ptr(),
+                db.as_mut_ptr(),
+                scratch,
+            )
+        };
+        status::check(&st)
+    }
+
+    // x = max(x, 0)
+    fn relu_forward(&self, x: &mut DeviceBuffer) -> Result<()> {
+        let inner = self.lock();
+        // SAFETY: x holds x.len() f32.
+        let st = unsafe { ffi::anc_relu_forward(inner.ctx, x.as_mut_ptr(), x.len()) };
+        status::check(&st)
+    }
+
+    // dy *= (y > 0)
+    fn relu_backward(&self, y: &DeviceBuffer, dy: &mut DeviceBuffer) -> Result<()> {
+        plan::same_len("relu_backward", ("y", y.len()), ("dy", dy.len()))?;
+        let inner = self.lock();
+        // SAFETY: y and dy both hold dy.len() f32 (checked).
+        let st =
+            unsafe { ffi::anc_relu_backward(inner.ctx, y.as_ptr(), dy.as_mut_ptr(), dy.len()) };
+        status::check(&st)
+    }
+
+    // x = tanh(x)
+    fn tanh_forward(&self, x: &mut DeviceBuffer) -> Result<()> {
+        let inner = self.lock();
+        // SAFETY: x holds x.len() f32.
+        let st = unsafe { ffi::anc_tanh_forward(inner.ctx, x.as_mut_ptr(), x.len()) };
+        status::check(&st)
+    }
+
+    // dy *= 1 - y^2
+    fn tanh_backward(&self, y: &DeviceBuffer, dy: &mut DeviceBuffer) -> Result<()> {
+        plan::same_len("tanh_backward", ("y", y.len()), ("dy", dy.len()))?;
+        let inner = self.lock();
+        // SAFETY: y and dy both hold dy.len() f32 (checked).
+        let st =
+            unsafe { ffi::anc_tanh_backward(inner.ctx, y.as_ptr(), dy.as_mut_ptr(), dy.len()) };
+        status::check(&st)
+    }
+
+    // y[N,C,H,W] = x * scale^-beta ; scale = k + alpha' * sum_window x^2
+    fn lrn_forward(
+        &self,
+        s: &LrnShape,
+        p: &LrnParams,
+        x: &DeviceBuffer,
+        y: &mut DeviceBuffer,
+        scale: &mut DeviceBuffer,
+    ) -> Result<()> {
+        plan::lrn(
+            "lrn_forward",
+            s,
+            p.size,
+            &[("x", x.len()), ("y", y.len()), ("scale", scale.len())],
+        )?;
+        let inner = self.lock();
+        // SAFETY: x, y, scale each hold s.len() f32 (checked); the geometry is valid (checked).
+        let st = unsafe {
+            ffi::anc_lrn_forward(
+                inner.ctx,
+                s.n as i64,
+                s.c as i64,
+                (s.h * s.w) as i64,
+                s.groups as i64,
+                p.size as i64,
+                p.effective_alpha(),
+                p.beta,
+                p.k,
+                x.as_ptr(),
+                y.as_mut_ptr(),
+                scale.as_mut_ptr(),
+            )
+        };
+        status::check(&st)
+    }
+
+    // dx[N,C,H,W] = dy scale^-beta - 2 alpha' beta x sum_window(dy y / scale)
+    fn lrn_backward(
+        &self,
+        s: &LrnShape,
+        p: &LrnParams,
+        x: &DeviceBuffer,
+        y: &DeviceBuffer,
+        scale: &DeviceBuffer,
+        dy: &DeviceBuffer,
+        dx: &mut DeviceBuffer,
+    ) -> Result<()> {
+        plan::lrn(
+            "lrn_backward",
+            s,
+            p.size,
+            &[
+                ("x", x.len()),
+                ("y", y.len()),
+                ("scale", scale.len()),
+                ("dy", dy.len()),
+                ("dx", dx.len()),
+            ],
+        )?;
+        let inner = self.lock();
+        // SAFETY: all five buffers hold s.len() f32 (checked); the geometry is valid (checked).
+        let st = unsafe {
+            ffi::anc_lrn_backward(
+                inner.ctx,
+                s.n as i64,
+                s.c as i64,
+                (s.h * s.w) as i64,
+                s.groups as i64,
+                p.size as i64,
+                p.effective_alpha(),
+                p.beta,
+                x.as_ptr(),
+                y.as_ptr(),
+                scale.as_ptr(),
+                dy.as_ptr(),
+                dx.as_mut_ptr(),
+            )
+        };
+        status::check(&st)
+    }
+
+    // y[N,C,Ho,Wo] = max over each window of x[N,C,H,W]
+    fn maxpool_forward(&self, s: &PoolShape, x: &DeviceBuffer, y: &mut DeviceBuffer) -> Result<()> {
+        plan::pool("maxpool_forward", s, x.len(), y.len(), None)?;
+        let inner = self.lock();
+        // SAFETY: x and y hold the shape's lengths and the window fits the image (checked).
+        let st = unsafe {
+            ffi::anc_maxpool_forward(
+                inner.ctx,
+                (s.n * s.c) as i64,
+                s.h as i64,
+                s.w as i64,
+                s.size as i64,
+                s.stride as i64,
+                x.as_ptr(),
+                y.as_mut_ptr(),
+            )
+        };
+        status::check(&st)
+    }
+
+    // dx[N,C,H,W]: each dy to its window's first maximum
+    fn maxpool_backward(
+        &self,
+        s: &PoolShape,
+        x: &DeviceBuffer,
+        y: &DeviceBuffer,
+        dy: &DeviceBuffer,
+        dx: &mut DeviceBuffer,
+    ) -> Result<()> {
+        plan::pool(
+            "maxpool_backward",
+            s,
+            x.len(),
+            y.len(),
+            Some((dy.len(), dx.len())),
+        )?;
+        let inner = self.lock();
+        // SAFETY: x, y, dy, dx hold the shape's lengths and the window fits the image (checked).
+        let st = unsafe {
+            ffi::anc_maxpool_backward(
+                inner.ctx,
+                (s.n * s.c) as i64,
+                s.h as i64,
+                s.w as i64,
+                s.size as i64,
+                s.stride as i64,
+                x.as_ptr(),
+                y.as_ptr(),
+                dy.as_ptr(),
+                dx.as_mut_ptr(),
+            )
+        };
+        status::check(&st)
+    }
+
+    // y[N,out] = x[N,in] w[out,in]^T + b[out]
+    fn fc_forward(
+        &self,
+        s: &FcShape,
+        x: &DeviceBuffer,
+        w: &DeviceBuffer,
+        b: &DeviceBuffer,
+        y: &mut DeviceBuffer,
+    ) -> Result<()> {
+        plan::fc_forward(s, x.len(), w.len(), b.len(), y.len())?;
+        let inner = self.lock();
+        // SAFETY: x, w, b, y hold the shape's lengths (checked).
+        let st = unsafe {
+            ffi::anc_fc_forward(
+                inner.ctx,
+                s.n as i64,
+                s.d_in as i64,
+                s.d_out as i64,
+                x.as_ptr(),
+                w.as_ptr(),
+                b.as_ptr(),
+                y.as_mut_ptr(),
+            )
+        };
+        status::check(&st)
+    }
+
+    // dx[N,in] = dy w ; dw[out,in] = dy^T x ; db[out] = sum_n dy
+    fn fc_backward(
+        &self,
+        s: &FcShape,
+        x: &DeviceBuffer,
+        w: &DeviceBuffer,
+        dy: &DeviceBuffer,
+        dx: Option<&mut DeviceBuffer>,
+        dw: &mut DeviceBuffer,
+        db: &mut DeviceBuffer,
+    ) -> Result<()> {
+        plan::fc_backward(
+            s,
+            x.len(),
+            w.len(),
+            dy.len(),
+            dx.as_ref().map(|d| d.len()),
+            dw.len(),
+            db.len(),
+        )?;
+        if s.n == 0 {
+            // No rows: the gradients are empty sums (a k = 0 GEMM is not worth relying on).
+            self.fill(dw, 0.0)?;
+            return self.fill(db, 0.0);
+        }
+        let dx_ptr = dx.map_or(std::ptr::null_mut(), |d| d.as_mut_ptr());
+        let inner = self.lock();
+        // SAFETY: x, w, dy, dw, db (and dx when non-null) hold the shape's lengths (checked); a
+        // null dx tells the C side to skip that GEMM.
+        let st = unsafe {
+            ffi::anc_fc_backward(
+                inner.ctx,
+                s.n as i64,
+                s.d_in as i64,
+                s.d_out as i64,
+                x.as_ptr(),
+                w.as_ptr(),
+                dy.as_ptr(),
+                dx_ptr,
+                dw.as_mut_ptr(),
+                db.as_mut_ptr(),
+            )
+        };
+        status::check(&st)
+    }
+
+    // x[i] = keep(seed, i, p) ? x[i] * keep_scale : 0
+    fn dropout_forward(
+        &self,
+        x: &mut DeviceBuffer,
+        p: f32,
+        keep_scale: f32,
+        seed: u64,
+    ) -> Result<()> {
+        let inner = self.lock();
+        // SAFETY: x holds x.len() f32.
+        let st =
+            unsafe { ffi::anc_dropout(inner.ctx, x.as_mut_ptr(), x.len(), p, keep_scale, seed) };
+        status::check(&st)
+    }
+
+    // dy[i] = keep(seed, i, p) ? dy[i] * keep_scale : 0 (the forward mask, recomputed)
+    fn dropout_backward(
+        &self,
+        dy: &mut DeviceBuffer,
+        p: f32,
+        keep_scale: f32,
+        seed: u64,
+    ) -> Result<()> {
+        self.dropout_forward(dy, p, keep_scale, seed)
+    }
+
+    // probs[N,K] = softmax(logits); dlogits = (probs - onehot) / N; returns the mean loss
+    fn softmax_xent(
+        &self,
+        n: usize,
+        classes: usize,
+        logits: &DeviceBuffer,
+        labels: &[u32],
+        probs: &mut DeviceBuffer,
+        dlogits: &mut DeviceBuffer,
+    ) -> Result<f32> {
+        const OP: &str = "softmax_xent";
+        plan::softmax(
+            OP,
+            n,
+            classes,
+            &[
+                ("logits", logits.len()),
+                ("probs", probs.len()),
+                ("dlogits", dlogits.len()),
+            ],
+            Some(labels),
+        )?;
+        if n == 0 || classes == 0 {
+            return Err(Error::shape(
+                OP,
+                "the mean loss of an empty batch is undefined",
+            ));
+        }
+        let mut inner = self.lock();
+        self.stage_labels(&mut inner, labels)?;
+        grow(&mut inner.rows, self.device, n * 4, "per-row losses")?;
+        let mut loss = vec![0f32; n];
+        // SAFETY: logits, probs, dlogits hold n*classes f32 (checked); the label buffer holds n
+        // u32 (staged) and rows at least n f32 (grown); the download writes n f32 into `loss`.
+        let st = unsafe {
+            let rows = inner.rows.ptr() as *mut f32;
+            let st = ffi::anc_softmax_xent(
+                inner.ctx,
+                n as i64,
+                classes as i64,
+                logits.as_ptr(),
+                inner.labels.ptr() as *const u32,
+                probs.as_mut_ptr(),
+                dlogits.as_mut_ptr(),
+                rows,
+            );
+            if st.code != 0 {
+                st
+            } else {
+                ffi::anc_download(inner.ctx, loss.as_mut_ptr().cast(), rows.cast(), n * 4)
+            }
+        };
+        status::check(&st)?;
+        // Summed in f64 so the mean does not depend on the batch size's rounding.
+        Ok((loss.iter().map(|&l| l as f64).sum::<f64>() / n as f64) as f32)
+    }
+
+    // probs[N,K] = softmax(logits)
+    fn softmax(
+        &self,
+        n: usize,
+        classes: usize,
+        logits: &DeviceBuffer,
+        probs: &mut DeviceBuffer,
+    ) -> Result<()> {
+        plan::softmax(
+            "softmax",
+            n,
+            classes,
+            &[("logits", logits.len()), ("probs", probs.len())],
+            None,
+        )?;
+        let inner = self.lock();
+        // SAFETY: logits and probs hold n*classes f32 (checked).
+        let st = unsafe {
+            ffi::anc_softmax(
+                inner.ctx,
+                n as i64,
+                classes as i64,
+                logits.as_ptr(),
+                probs.as_mut_ptr(),
+            )
+        };
+        status::check(&st)
+    }
+
+    // v = momentum*v - weight_decay*lr*w - lr*dw ; w = w + v
+    fn sgd_update(
+        &self,
+        w: &mut DeviceBuffer,
+        dw: &DeviceBuffer,
+        v: &mut DeviceBuffer,
+        lr: f32,
+        momentum: f32,
+        weight_decay: f32,
+    ) -> Result<()> {
+        plan::same_len("sgd_update", ("w", w.len()), ("dw", dw.len()))?;
+        plan::same_len("sgd_update", ("w", w.len()), ("v", v.len()))?;
+        let inner = self.lock();
+        // SAFETY: w, dw, v all hold w.len() f32 (checked); `&mut w` and `&mut v` cannot alias.
+        let st = unsafe {
+            ffi::anc_sgd_update(
+                inner.ctx,
+                w.as_mut_ptr(),
+                dw.as_ptr(),
+                v.as_mut_ptr(),
+                w.len(),
+                lr,
+                momentum,
+                weight_decay,
+            )
+        };
+        status::check(&st)
+    }
+}

@@ -1,0 +1,648 @@
+//! Runs the architecture table (`arch.rs`) on any [`Engine`]: parameters, activations, forward,
+//! backward and the paper's SGD step. One device; the two columns are expressed as groups (conv)
+//! and per-column windows (LRN), so this computes exactly the paper's two-GPU function.
+
+use crate::arch::{ArchConfig, Kind, PlannedLayer};
+use crate::engine::{ConvShape, Engine, FcShape, LrnShape, PoolShape};
+use crate::error::{Error, Result};
+use crate::rng::{hash, Rng};
+
+/// Weight initialisation (Section 5, or Caffe's variant for users whose loss stays flat).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Init {
+    /// N(0, 0.01) weights; biases 1 in conv2, conv4, conv5, fc6, fc7 and 0 elsewhere.
+    Paper,
+    /// Caffe's bvlc_alexnet: N(0, 0.005) for fc6/fc7, N(0, 0.01) elsewhere; those biases 0.1.
+    Caffe,
+}
+
+/// SGD hyper-parameters (Section 5).
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Sgd {
+    pub momentum: f32,
+    pub weight_decay: f32,
+    /// The paper's update rule names "weight w"; cuda-convnet and Caffe decay only weights.
+    pub decay_biases: bool,
+}
+
+impl Default for Sgd {
+    fn default() -> Self {
+        Sgd {
+            momentum: 0.9,
+            weight_decay: 0.0005,
+            decay_biases: false,
+        }
+    }
+}
+
+/// A learnable tensor with its gradient and momentum buffer, named as PyTorch names it.
+pub struct Param<B> {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub value: B,
+    pub grad: B,
+    pub momentum: B,
+    pub is_bias: bool,
+}
+
+impl<B> Param<B> {
+    pub fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// What a row of the plan does at batch size `n`, with its buffers resolved.
+struct Step {
+    plan: PlannedLayer,
+    /// Index into `acts` of this row's input and output (equal for in-place rows).
+    input: usize,
+    output: usize,
+    /// For Conv/Fc rows: index of the weight in `params` (the bias follows it).
+    param: Option<usize>,
+    /// For LRN rows: index into `lrn_scales`.
+    scale: Option<usize>,
+}
+
+pub struct Model<E: Engine> {
+    pub cfg: ArchConfig,
+    pub params: Vec<Param<E::Buf>>,
+    steps: Vec<Step>,
+    /// Batch size the activation buffers are sized for.
+    batch: usize,
+    /// acts[0] is the input batch; activation gradients mirror it.
+    acts: Vec<E::Buf>,
+    grads: Vec<E::Buf>,
+    /// Per-sample sizes of `acts` (so they can be re-sized for another batch).
+    act_sizes: Vec<usize>,
+    lrn_scales: Vec<E::Buf>,
+    probs: E::Buf,
+    /// Per-row (forward, backward) seconds of the last pass, when profiling is on.
+    profile: Option<Vec<(f64, f64)>>,
+}
+
+impl<E: Engine> Model<E> {
+    /// Builds the network for batches of `batch` images and initialises its parameters.
+    pub fn new(e: &E, cfg: ArchConfig, init: Init, seed: u64, batch: usize) -> Result<Self> {
+        let plan = cfg.plan()?;
+        let mut params = Vec::new();
+        let mut steps = Vec::new();
+        let mut act_sizes = vec![3 * cfg.input_size * cfg.input_size];
+        let mut lrn_count = 0;
+        for p in plan {
+            let input = act_sizes.len() - 1;
+            let in_place = matches!(p.layer.kind, Kind::Relu | Kind::Dropout);
+            let output = if in_place {
+                input
+            } else {
+                act_sizes.push(p.output.len());
+                act_sizes.len() - 1
+            };
+            let param = match p.layer.kind {
+                Kind::Conv { .. } | Kind::Fc { .. } => {
+                    let weight_shape = match (p.layer.kind, p.conv) {
+                        (Kind::Conv { .. }, Some(c)) => {
+                            vec![c.c_out, c.c_in / c.groups, c.kh, c.kw]
+                        }
+                        _ => vec![p.output.c, p.input.len()],
+                    };
+                    let index = params.len();
+                    for (suffix, shape, is_bias) in [
+                        ("weight", weight_shape, false),
+                        ("bias", vec![p.output.c], true),
+                    ] {
+                        let len = shape.iter().product();
+                        params.push(Param {
+                            name: format!("{}.{suffix}", p.layer.name),
+                            shape,
+                            value: e.alloc(len)?,
+                            grad: e.alloc(len)?,
+                            momentum: e.alloc(len)?,
+                            is_bias,
+                        });
+                    }
+                    Some(index)
+                }
+                _ => None,
+            };
+            let scale = if p.layer.kind == Kind::Lrn {
+                lrn_count += 1;
+                Some(lrn_count - 1)
+            } else {
+                None
+            };
+            steps.push(Step {
+                plan: p,
+                input,
+                output,
+                param,
+                scale,
+            });
+        }
+        let mut model = Model {
+            cfg,
+            params,
+            steps,
+            batch: 0,
+            acts: Vec::new(),
+            grads: Vec::new(),
+            act_sizes,
+            lrn_scales: Vec::new(),
+            probs: e.alloc(0)?,
+            profile: None,
+        };
+        model.set_batch(e, batch)?;
+        model.initialise(e, init, seed)?;
+        Ok(model)
+    }
+
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+
+    pub fn classes(&self) -> usize {
+        self.cfg.classes
+    }
+
+    /// Re-sizes the activation buffers for batches of `n` (no-op if already so).
+    pub fn set_batch(&mut self, e: &E, n: usize) -> Result<()> {
+        if n == 0 {
+            return Err(Error::Config("batch size must be at least 1".into()));
+        }
+        if n == self.batch {
+            return Ok(());
+        }
+        // Free the old buffers first so the peak is one batch's worth, not two.
+        self.acts.clear();
+        self.grads.clear();
+        self.lrn_scales.clear();
+        for &size in &self.act_sizes {
+            self.acts.push(e.alloc(n * size)?);
+            self.grads.push(e.alloc(n * size)?);
+        }
+        for s in &self.steps {
+            if s.scale.is_some() {
+                self.lrn_scales.push(e.alloc(n * s.plan.output.len())?);
+            }
+        }
+        self.probs = e.alloc(n * self.cfg.classes)?;
+        self.batch = n;
+        Ok(())
+    }
+
+    /// Section 5's initialisation (or Caffe's), from `seed`; each parameter has its own stream.
+    pub fn initialise(&mut self, e: &E, init: Init, seed: u64) -> Result<()> {
+        let root = Rng::new(seed);
+        for (i, p) in self.params.iter_mut().enumerate() {
+            let layer = p.name.split('.').next().unwrap_or("");
+            let hidden_fc = layer == "fc6" || layer == "fc7";
+            let values: Vec<f32> = if p.is_bias {
+                let one = matches!(layer, "conv2" | "conv4" | "conv5" | "fc6" | "fc7");
+                let v = match (init, one) {
+                    (_, false) => 0.0,
+                    (Init::Paper, true) => 1.0,
+                    (Init::Caffe, true) => 0.1,
+                };
+                vec![v; p.len()]
+            } else {
+                let std = match init {
+                    Init::Caffe if hidden_fc => 0.005,
+                    _ => 0.01,
+                };
+                let mut rng = root.fork(i as u64);
+                (0..p.len()).map(|_| (rng.normal() * std) as f32).collect()
+            };
+            e.upload(&mut p.value, &values)?;
+            e.fill(&mut p.momentum, 0.0)?;
+        }
+        Ok(())
+    }
+
+    fn conv_shape(&self, s: &Step) -> ConvShape {
+        let mut c = s.plan.conv.expect("conv rows carry their geometry");
+        c.n = self.batch;
+        c
+    }
+
+    fn lrn_shape(&self, s: &Step) -> LrnShape {
+        LrnShape {
+            n: self.batch,
+            c: s.plan.input.c,
+            h: s.plan.input.h,
+            w: s.plan.input.w,
+            groups: s.plan.layer.columns,
+        }
+    }
+
+    fn pool_shape(&self, s: &Step) -> PoolShape {
+        let Kind::MaxPool { size, stride } = s.plan.layer.kind else {
+            unreachable!("pool_shape on a non-pool row")
+        };
+        PoolShape {
+            n: self.batch,
+            c: s.plan.input.c,
+            h: s.plan.input.h,
+            w: s.plan.input.w,
+            size,
+            stride,
+        }
+    }
+
+    fn fc_shape(&self, s: &Step) -> FcShape {
+        FcShape {
+            n: self.batch,
+            d_in: s.plan.input.len(),
+            d_out: s.plan.output.len(),
+        }
+    }
+
+    /// The dropout seed of table row `row` at training step `step_seed` (identical on every
+    /// engine, and what the whole-model test reproduces).
+    pub fn dropout_seed(step_seed: u64, row: usize) -> u64 {
+        hash(step_seed, row as u64)
+    }
+
+    fn dropout_keep_scale(&self) -> f32 {
+        if self.cfg.dropout_paper_scaling {
+            1.0
+        } else {
+            1.0 / (1.0 - self.cfg.dropout)
+        }
+    }
+
+    /// logits[N,classes] = net(images[N,3,S,S]). `train_seed`: Some(seed) = training mode with
+    /// dropout masks drawn from that seed; None = test mode.
+    pub fn forward(&mut self, e: &E, images: &[f32], train_seed: Option<u64>) -> Result<()> {
+        let want = self.batch * self.act_sizes[0];
+        if images.len() != want {
+            return Err(Error::shape(
+                "model input",
+                format!(
+                    "got {} floats, batch {} x 3x{}x{} needs {want}",
+                    images.len(),
+                    self.batch,
+                    self.cfg.input_size,
+                    self.cfg.input_size
+                ),
+            ));
+        }
+        e.upload(&mut self.acts[0], images)?;
+        let keep_scale = self.dropout_keep_scale();
+        let lrn = self.cfg.lrn();
+        for row in 0..self.steps.len() {
+            let started = self.profile.is_some().then(std::time::Instant::now);
+            let s = &self.steps[row];
+            let (input, output) = (s.input, s.output);
+            match s.plan.layer.kind {
+                Kind::Conv { .. } => {
+                    let shape = self.conv_shape(s);
+                    let w = s.param.expect("conv rows own parameters");
+                    let (x, y) = two(&mut self.acts, input, output);
+                    e.conv_forward(
+                        &shape,
+                        x,
+                        &self.params[w].value,
+                        &self.params[w + 1].value,
+                        y,
+                    )?;
+                }
+                Kind::Fc { .. } => {
+                    let shape = self.fc_shape(s);
+                    let w = s.param.expect("fc rows own parameters");
+                    let (x, y) = two(&mut self.acts, input, output);
+                    e.fc_forward(
+                        &shape,
+                        x,
+                        &self.params[w].value,
+                        &self.params[w + 1].value,
+                        y,
+                    )?;
+                }
+                Kind::Relu => e.relu_forward(&mut self.acts[output])?,
+                Kind::Lrn => {
+                    let shape = self.lrn_shape(s);
+                    let scale = &mut self.lrn_scales[s.scale.expect("lrn rows own a scale")];
+                    let (x, y) = two(&mut self.acts, input, output);
+                    e.lrn_forward(&shape, &lrn, x, y, scale)?;
+                }
+                Kind::MaxPool { .. } => {
+                    let shape = self.pool_shape(s);
+                    let (x, y) = two(&mut self.acts, input, output);
+                    e.maxpool_forward(&shape, x, y)?;
+                }
+                Kind::Dropout => match train_seed {
+                    Some(seed) if self.cfg.dropout > 0.0 => e.dropout_forward(
+                        &mut self.acts[output],
+                        self.cfg.dropout,
+                        keep_scale,
+                        Self::dropout_seed(seed, row),
+                    )?,
+                    None if self.cfg.dropout_paper_scaling && self.cfg.dropout > 0.0 => {
+                        // Section 4.2: "at test time, we use all the neurons but multiply
+                        // their outputs by 0.5".
+                        e.scale(&mut self.acts[output], 1.0 - self.cfg.dropout)?
+                    }
+                    _ => {}
+                },
+            }
+            if let Some(t0) = started {
+                e.synchronize()?;
+                if let Some(p) = self.profile.as_mut() {
+                    p[row].0 = t0.elapsed().as_secs_f64();
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Turns per-layer timing on or off. On, every row synchronises the engine after it runs,
+    /// so use it for benchmarks only.
+    pub fn set_profiling(&mut self, on: bool) {
+        self.profile = on.then(|| vec![(0.0, 0.0); self.steps.len()]);
+    }
+
+    /// (layer, forward seconds, backward seconds, forward multiply-adds per image) of the last
+    /// profiled pass.
+    pub fn layer_times(&self) -> Vec<(String, f64, f64, u64)> {
+        let Some(p) = &self.profile else {
+            return Vec::new();
+        };
+        self.steps
+            .iter()
+            .zip(p)
+            .map(|(s, &(f, b))| (s.plan.layer.name.clone(), f, b, s.plan.macs))
+            .collect()
+    }
+
+    /// Softmax cross-entropy of the last forward against `labels`, then gradients of every
+    /// parameter (averaged over the batch). `train_seed` must be the forward's.
+    pub fn backward(&mut self, e: &E, labels: &[u32], train_seed: Option<u64>) -> Result<f32> {
+        if labels.len() != self.batch {
+            return Err(Error::shape(
+                "model labels",
+                format!("{} labels for a batch of {}", labels.len(), self.batch),
+            ));
+        }
+        if let Some(&bad) = labels.iter().find(|&&l| l as usize >= self.cfg.classes) {
+            return Err(Error::Config(format!(
+                "label {bad} is out of range for a {}-class model",
+                self.cfg.classes
+            )));
+        }
+        let keep_scale = self.dropout_keep_scale();
+        let lrn = self.cfg.lrn();
+        let last = self.acts.len() - 1;
+        let loss = e.softmax_xent(
+            self.batch,
+            self.cfg.classes,
+            &self.acts[last],
+            labels,
+            &mut self.probs,
+            &mut self.grads[last],
+        )?;
+        for row in (0..self.steps.len()).rev() {
+            let started = self.profile.is_some().then(std::time::Instant::now);
+            let s = &self.steps[row];
+            let (input, output) = (s.input, s.output);
+            // The first layer's input is the image: its gradient is never needed.
+            let needs_dx = input != 0;
+            match s.plan.layer.kind {
+                Kind::Conv { .. } => {
+                    let shape = self.conv_shape(s);
+                    let w = s.param.expect("conv rows own parameters");
+                    let (wp, bp) = two(&mut self.params, w, w + 1);
+                    e.conv_backward_weights(
+                        &shape,
+                        &self.acts[input],
+                        &self.grads[output],
+                        &mut wp.grad,
+                        &mut bp.grad,
+                    )?;
+                    if needs_dx {
+                        let (dx, dy) = two(&mut self.grads, input, output);
+                        e.conv_backward_data(&shape, dy, &wp.value, dx)?;
+                    }
+                }
+                Kind::Fc { .. } => {
+                    let shape = self.fc_shape(s);
+                    let w = s.param.expect("fc rows own parameters");
+                    let (wp, bp) = two(&mut self.params, w, w + 1);
+                    let (dx, dy) = two(&mut self.grads, input, output);
+                    e.fc_backward(
+                        &shape,
+                        &self.acts[input],
+                        &wp.value,
+                        dy,
+                        needs_dx.then_some(dx),
+                        &mut wp.grad,
+                        &mut bp.grad,
+                    )?;
+                }
+                Kind::Relu => e.relu_backward(&self.acts[output], &mut self.grads[output])?,
+                Kind::Lrn => {
+                    let shape = self.lrn_shape(s);
+                    let scale = &self.lrn_scales[s.scale.expect("lrn rows own a scale")];
+                    let (dx, dy) = two(&mut self.grads, input, output);
+                    e.lrn_backward(
+                        &shape,
+                        &lrn,
+                        &self.acts[input],
+                        &self.acts[output],
+                        scale,
+                        dy,
+                        dx,
+                    )?;
+                }
+                Kind::MaxPool { .. } => {
+                    let shape = self.pool_shape(s);
+                    let (dx, dy) = two(&mut self.grads, input, output);
+                    e.maxpool_backward(&shape, &self.acts[input], &self.acts[output], dy, dx)?;
+                }
+                Kind::Dropout => {
+                    if let Some(seed) = train_seed.filter(|_| self.cfg.dropout > 0.0) {
+                        e.dropout_backward(
+                            &mut self.grads[output],
+                            self.cfg.dropout,
+                            keep_scale,
+                            Self::dropout_seed(seed, row),
+                        )?;
+                    }
+                }
+            }
+            if let Some(t0) = started {
+                e.synchronize()?;
+                if let Some(p) = self.profile.as_mut() {
+                    p[row].1 = t0.elapsed().as_secs_f64();
+                }
+            }
+        }
+        Ok(loss)
+    }
+
+    /// The paper's update for every parameter: v = 0.9 v - 0.0005 lr w - lr dL/dw; w += v.
+    pub fn sgd_step(&mut self, e: &E, lr: f32, sgd: &Sgd) -> Result<()> {
+        for p in &mut self.params {
+            let decay = if p.is_bias && !sgd.decay_biases {
+                0.0
+            } else {
+                sgd.weight_decay
+            };
+            e.sgd_update(
+                &mut p.value,
+                &p.grad,
+                &mut p.momentum,
+                lr,
+                sgd.momentum,
+                decay,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Softmax probabilities [N, classes] of the last forward (test mode).
+    pub fn probabilities(&mut self, e: &E) -> Result<Vec<f32>> {
+        let last = self.acts.len() - 1;
+        e.softmax(
+            self.batch,
+            self.cfg.classes,
+            &self.acts[last],
+            &mut self.probs,
+        )?;
+        let mut out = vec![0.0; self.batch * self.cfg.classes];
+        e.download(&self.probs, &mut out)?;
+        Ok(out)
+    }
+
+    /// Softmax probabilities of the last `backward` (training mode), for train top-k.
+    pub fn train_probabilities(&self, e: &E) -> Result<Vec<f32>> {
+        let mut out = vec![0.0; self.batch * self.cfg.classes];
+        e.download(&self.probs, &mut out)?;
+        Ok(out)
+    }
+
+    /// Host copy of a named activation (a row's output), e.g. "fc7" for feature-space
+    /// neighbours, "conv1" for inspection. Valid after `forward`.
+    pub fn activation(&self, e: &E, layer: &str) -> Result<Vec<f32>> {
+        let s = self
+            .steps
+            .iter()
+            .rev()
+            .find(|s| s.plan.layer.name == layer)
+            .ok_or_else(|| Error::Config(format!("no layer named {layer}")))?;
+        let buf = &self.acts[s.output];
+        let mut out = vec![0.0; e.buf_len(buf)];
+        e.download(buf, &mut out)?;
+        Ok(out)
+    }
+
+    /// Names the first row (in forward order) whose activation, or (in backward order) whose
+    /// activation gradient or parameter gradient, holds a NaN or infinity. For the divergence
+    /// report; downloads everything, so only called once something went wrong.
+    pub fn find_non_finite(&self, e: &E) -> Result<Option<String>> {
+        let finite = |buf: &E::Buf| -> Result<bool> {
+            let mut host = vec![0.0; e.buf_len(buf)];
+            e.download(buf, &mut host)?;
+            Ok(host.iter().all(|v| v.is_finite()))
+        };
+        for p in &self.params {
+            if !finite(&p.value)? {
+                return Ok(Some(format!("parameter {} (before this step)", p.name)));
+            }
+        }
+        for s in &self.steps {
+            if !finite(&self.acts[s.output])? {
+                return Ok(Some(format!("activations of {}", s.plan.layer.name)));
+            }
+        }
+        for s in self.steps.iter().rev() {
+            if !finite(&self.grads[s.output])? {
+                return Ok(Some(format!("gradient of {}'s output", s.plan.layer.name)));
+            }
+            if let Some(w) = s.param {
+                for p in &self.params[w..w + 2] {
+                    if !finite(&p.grad)? {
+                        return Ok(Some(format!("gradient of {}", p.name)));
+                    }
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Host copies of every parameter, as (name, shape, values), in table order.
+    pub fn read_params(&self, e: &E) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+        self.read(e, |p| &p.value)
+    }
+
+    /// Host copies of every parameter gradient (of the last backward).
+    pub fn read_grads(&self, e: &E) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+        self.read(e, |p| &p.grad)
+    }
+
+    /// Host copies of every momentum buffer.
+    pub fn read_momentum(&self, e: &E) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+        self.read(e, |p| &p.momentum)
+    }
+
+    fn read(
+        &self,
+        e: &E,
+        which: impl Fn(&Param<E::Buf>) -> &E::Buf,
+    ) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+        self.params
+            .iter()
+            .map(|p| {
+                let mut host = vec![0.0; p.len()];
+                e.download(which(p), &mut host)?;
+                Ok((p.name.clone(), p.shape.clone(), host))
+            })
+            .collect()
+    }
+
+    /// Sets parameter `name` (and, with `momentum`, its momentum buffer) from host values,
+    /// checking the shape.
+    pub fn write_param(
+        &mut self,
+        e: &E,
+        name: &str,
+        shape: &[usize],
+        values: &[f32],
+        momentum: bool,
+    ) -> Result<()> {
+        let p = self
+            .params
+            .iter_mut()
+            .find(|p| p.name == name)
+            .ok_or_else(|| Error::Config(format!("the model has no parameter {name}")))?;
+        if p.shape != shape || values.len() != p.len() {
+            return Err(Error::shape(
+                name,
+                format!(
+                    "stored shape {shape:?} ({} values) does not match the model's {:?}",
+                    values.len(),
+                    p.shape
+                ),
+            ));
+        }
+        let dst = if momentum {
+            &mut p.momentum
+        } else {
+            &mut p.value
+        };
+        e.upload(dst, values)
+    }
+}
+
+/// Mutable references to two distinct elements of a slice (input and output buffers of a row).
+fn two<T>(v: &mut [T], a: usize, b: usize) -> (&mut T, &mut T) {
+    assert_ne!(a, b, "two(): the same element twice");
+    if a < b {
+        let (lo, hi) = v.split_at_mut(b);
+        (&mut lo[a], &mut hi[0])
+    } else {
+        let (lo, hi) = v.split_at_mut(a);
+        (&mut hi[0], &mut lo[b])
+    }
+}

@@ -1,0 +1,564 @@
+//! The CUDA engine: the shared op suite against the f64 oracle (on a GPU), and the engine's
+//! host-side logic (device detection, error mapping, shape checks, scratch planning) everywhere.
+//!
+//! GPU tests first open the engine; without a device they print "skipped: no CUDA device" and
+//! pass. The host-side tests at the bottom never need a device and always run.
+#![cfg(feature = "cuda")]
+
+mod common;
+
+use alexnet::engine::cuda::{self, plan, status, CudaEngine};
+use alexnet::engine::{ConvShape, Engine, FcShape, LrnShape, PoolShape};
+use alexnet::rng::{dropout_keep, Rng};
+use alexnet::Error;
+use common::ops_suite::{self as suite, Tol};
+
+/// cuBLAS f32 GEMM: dot products of length K (up to 4096 here; 1728 for conv, N*Ho*Wo up to 338
+/// for weight gradients) on O(1) results. Whatever the summation order cuBLAS picks (blocked,
+/// split-K), each result carries ~sqrt(K) * eps32 = 4e-6 of rounding at K = 4096; the worst of
+/// ~1e5 outputs is a few times that. 5e-5 absolute is 10x it; rel 1e-5 covers outputs above O(1).
+/// The same bound as the CPU engine: both are f32 with f32 accumulation.
+const GEMM: Tol = Tol {
+    rel: 1e-5,
+    abs: 5e-5,
+};
+
+/// TF32 tensor cores round both GEMM inputs to 10 mantissa bits (relative 2^-11 = 4.9e-4 each),
+/// so every product is off by up to ~1e-3 relative, with random signs, and accumulation stays f32.
+/// On O(1) outputs whose terms have random signs the error is ~1e-3 * sqrt(sum of squared terms)
+/// = ~1e-3 (the inputs are scaled so that sum is O(1)); the worst of ~1e5 outputs is ~4.5 sigma.
+const TF32: Tol = Tol {
+    rel: 1e-3,
+    abs: 5e-3,
+};
+
+/// LRN: a window sum of at most 7 squares, then powf (CUDA: at most 4 ulp = 2.4e-7 relative) and
+/// a product (forward); a 7-term sum of dy*y/scale and a difference of two O(1) terms (backward).
+/// A few tens of f32 rounding errors of O(1) values; scale itself reaches ~5e3 with the paper's
+/// inputs, hence the relative part.
+const LRN: Tol = Tol {
+    rel: 1e-5,
+    abs: 1e-5,
+};
+
+/// Max pooling's backward adds at most 4 gradients (3/2 windows overlap), maybe in another order
+/// than the reference: a few ulps of O(1). The forward copies a value: exact.
+const POOL_BWD: Tol = Tol {
+    rel: 1e-6,
+    abs: 1e-6,
+};
+
+/// One f32 multiply per element against f64: half an ulp (6e-8 relative).
+const ONE_OP: Tol = Tol {
+    rel: 1e-7,
+    abs: 0.0,
+};
+
+/// CUDA's tanhf is within 2 ulps; the backward's 1 - y^2 cancels near |y| = 1, so it is bounded
+/// in absolute terms: a few eps32 of O(1) values.
+const TANH: Tol = Tol {
+    rel: 1e-6,
+    abs: 1e-6,
+};
+
+/// Softmax: expf (CUDA: 2 ulps), a block-tree sum of up to 1000 terms in f32 (~sqrt(1000) *
+/// eps32 = 2e-6 relative) and one division; the loss is logf(sum) - (z - max) per row, summed in
+/// f64. Probabilities near underflow are bounded in absolute terms.
+const SOFTMAX: Tol = Tol {
+    rel: 1e-5,
+    abs: 1e-7,
+};
+
+/// SGD: three products and two sums in f32 on O(1) values (fused or not by nvcc): a few ulps.
+const SGD: Tol = Tol {
+    rel: 1e-6,
+    abs: 1e-7,
+};
+
+/// The engine on device 0, or None (after saying so) where there is no usable device. Any other
+/// failure to start is a bug and fails the test.
+fn engine() -> Option<CudaEngine> {
+    match CudaEngine::new(0) {
+        Ok(e) => {
+            println!("engine: {}", e.name());
+            Some(e)
+        }
+        Err(Error::NoDevice(msg)) => {
+            println!("skipped: no CUDA device ({msg})");
+            None
+        }
+        Err(other) => panic!("the CUDA engine failed to start: {other}"),
+    }
+}
+
+macro_rules! gpu_test {
+    ($name:ident, |$e:ident| $body:expr) => {
+        #[test]
+        fn $name() {
+            let Some($e) = engine() else { return };
+            $body
+        }
+    };
+}
+
+gpu_test!(conv_forward, |e| suite::conv_forward(&e, GEMM));
+gpu_test!(conv_backward_data, |e| suite::conv_backward_data(&e, GEMM));
+gpu_test!(conv_backward_weights, |e| suite::conv_backward_weights(
+    &e, GEMM
+));
+gpu_test!(fc_forward, |e| suite::fc_forward(&e, GEMM));
+gpu_test!(fc_backward, |e| suite::fc_backward(&e, GEMM));
+gpu_test!(lrn_forward, |e| suite::lrn_forward(&e, LRN));
+gpu_test!(lrn_backward, |e| suite::lrn_backward(&e, LRN));
+gpu_test!(maxpool, |e| suite::maxpool(&e, Tol::EXACT, POOL_BWD));
+gpu_test!(relu, |e| suite::relu(&e, Tol::EXACT));
+gpu_test!(tanh, |e| suite::tanh(&e, TANH));
+gpu_test!(dropout, |e| suite::dropout(&e, ONE_OP));
+gpu_test!(softmax_xent, |e| suite::softmax_xent(&e, SOFTMAX));
+gpu_test!(sgd_update, |e| suite::sgd_update(&e, SGD));
+gpu_test!(memory_ops, |e| suite::memory_ops(&e));
+gpu_test!(shape_errors, |e| suite::shape_errors(&e));
+
+// A scratch budget of one float forces one image per im2col + GEMM round: the chunk loop, the
+// image offsets, and backward-weights' accumulation over chunks (beta = 1 after the first).
+gpu_test!(conv_one_image_per_chunk, |e| {
+    e.set_scratch_budget(1);
+    suite::conv_forward(&e, GEMM);
+    suite::conv_backward_data(&e, GEMM);
+    suite::conv_backward_weights(&e, GEMM);
+});
+
+// The GEMM ops again with TF32 tensor cores.
+gpu_test!(tf32_gemms, |e| {
+    e.set_tf32(true).expect("set_tf32");
+    assert!(e.name().contains("tf32"), "{}", e.name());
+    suite::conv_forward(&e, TF32);
+    suite::conv_backward_data(&e, TF32);
+    suite::conv_backward_weights(&e, TF32);
+    suite::fc_forward(&e, TF32);
+    suite::fc_backward(&e, TF32);
+});
+
+// The dropout mask is bit-identical to rng::dropout_keep: on ones with keep_scale 1 every output
+// is exactly 1 or 0, for seeds with high bits set and drop probabilities at the edges.
+gpu_test!(dropout_mask_is_bit_identical_to_rust, |e| {
+    let n = (1 << 20) + 3;
+    for (seed, p) in [
+        (0u64, 0.5f32),
+        (u64::MAX, 0.5),
+        (0x0123_4567_89ab_cdef, 0.1),
+        (42, 0.0),
+        (43, 1.0),
+    ] {
+        let mut x = e.alloc(n).unwrap();
+        e.fill(&mut x, 1.0).unwrap();
+        e.dropout_forward(&mut x, p, 1.0, seed).unwrap();
+        let got = suite::download(&e, &x);
+        for (i, &g) in got.iter().enumerate() {
+            let want = if dropout_keep(seed, i as u64, p) {
+                1.0
+            } else {
+                0.0
+            };
+            assert_eq!(g, want, "seed {seed:#x} p {p} element {i}");
+        }
+    }
+});
+
+// label_ranks against a host count, with ties broken by the lower index.
+gpu_test!(label_ranks_match_host_top_k, |e| {
+    let (n, classes) = (37, 1000);
+    let mut rng = Rng::new(77);
+    // Coarse values: many ties.
+    let scores: Vec<f32> = (0..n * classes).map(|_| rng.below(50) as f32).collect();
+    let labels: Vec<u32> = (0..n).map(|_| rng.below(classes) as u32).collect();
+    let sb = suite::upload(&e, &scores);
+    let ranks = e.label_ranks(n, classes, &sb, &labels).unwrap();
+    for (row, (&rank, &l)) in ranks.iter().zip(&labels).enumerate() {
+        let s = &scores[row * classes..(row + 1) * classes];
+        let sl = s[l as usize];
+        let want = s
+            .iter()
+            .enumerate()
+            .filter(|&(j, &v)| v > sl || (v == sl && j < l as usize))
+            .count();
+        assert_eq!(rank as usize, want, "row {row}");
+    }
+    assert!(matches!(
+        e.label_ranks(n, classes, &sb, &labels[1..]),
+        Err(Error::Shape { .. })
+    ));
+});
+
+// A buffer larger than the device is an OutOfMemory error with the sizes, and the engine keeps
+// working afterwards.
+gpu_test!(oversized_alloc_is_out_of_memory_with_sizes, |e| {
+    let (_, total) = e.memory_info().expect("cudaMemGetInfo");
+    let len = (total / 4 + (1 << 30)) as usize;
+    match e.alloc(len) {
+        Err(Error::OutOfMemory(msg)) => {
+            println!("{msg}");
+            assert!(
+                msg.contains("asked for") && msg.contains("free of"),
+                "{msg}"
+            );
+            assert!(msg.contains(&format!("{} bytes", len * 4)), "{msg}");
+        }
+        other => panic!("expected OutOfMemory, got {other:?}"),
+    }
+    match e.alloc(usize::MAX) {
+        Err(Error::OutOfMemory(_)) => {}
+        other => panic!("expected OutOfMemory, got {other:?}"),
+    }
+    let b = suite::upload(&e, &[1.0, 2.0]);
+    assert_eq!(suite::download(&e, &b), vec![1.0, 2.0]);
+});
+
+// ---------------------------------------------------------------------------------------------
+// host-side logic: runs with or without a GPU
+// ---------------------------------------------------------------------------------------------
+
+/// Without a driver or GPU, opening the engine is a clear NoDevice error, never a crash; with
+/// one, it opens and names the card.
+#[test]
+fn new_reports_no_device_clearly() {
+    match CudaEngine::new(0) {
+        Ok(e) => assert!(e.name().starts_with("cuda:0 "), "{}", e.name()),
+        Err(Error::NoDevice(msg)) => {
+            println!("no device, as expected here: {msg}");
+            assert!(
+                msg.contains("CUDA error") || msg.contains("0 devices"),
+                "the message should say what the runtime reported: {msg}"
+            );
+            let shown = Error::NoDevice(msg).to_string();
+            assert!(shown.starts_with("no CUDA device: "), "{shown}");
+        }
+        Err(other) => panic!("expected Ok or NoDevice, got {other}"),
+    }
+}
+
+/// An ordinal past the last device is NoDevice, whether or not there is a GPU.
+#[test]
+fn out_of_range_device_is_no_device() {
+    match CudaEngine::new(4096) {
+        Err(Error::NoDevice(msg)) => println!("{msg}"),
+        other => panic!("expected NoDevice, got {:?}", other.map(|e| e.name())),
+    }
+    match cuda::device_count() {
+        Ok(n) => assert!(n < 4096),
+        Err(Error::NoDevice(_)) => {}
+        Err(other) => panic!("device_count: expected Ok or NoDevice, got {other}"),
+    }
+}
+
+#[test]
+fn cuda_errors_map_to_the_right_variants() {
+    use status::{classify, Library};
+    for code in [35, 100, 34, 3] {
+        match classify(
+            Library::Cuda,
+            code,
+            "cudaGetDeviceCount",
+            "some driver text",
+        ) {
+            Error::NoDevice(msg) => {
+                assert!(msg.contains("cudaGetDeviceCount") && msg.contains("some driver text"));
+                assert!(msg.contains(&format!("CUDA error {code}")), "{msg}");
+            }
+            other => panic!("code {code}: expected NoDevice, got {other}"),
+        }
+    }
+    assert!(matches!(
+        classify(Library::Cuda, 2, "cudaMalloc", "out of memory"),
+        Error::OutOfMemory(_)
+    ));
+    assert!(matches!(
+        classify(
+            Library::Cublas,
+            3,
+            "cublasCreate",
+            "the resource allocation failed"
+        ),
+        Error::OutOfMemory(_)
+    ));
+    // cuBLAS status 1 is "not initialised", not CUDA's initialisation error 3 / no-device codes.
+    match classify(
+        Library::Cublas,
+        1,
+        "cublasSgemm(fc_forward)",
+        "not initialized",
+    ) {
+        Error::Cuda { call, msg } => {
+            assert_eq!(call, "cublasSgemm(fc_forward)");
+            assert!(
+                msg.contains("not initialized") && msg.contains("cuBLAS status 1"),
+                "{msg}"
+            );
+        }
+        other => panic!("expected Cuda, got {other}"),
+    }
+    match classify(
+        Library::Cuda,
+        700,
+        "im2col<<<>>>",
+        "an illegal memory access",
+    ) {
+        Error::Cuda { call, msg } => {
+            assert_eq!(call, "im2col<<<>>>");
+            assert!(msg.contains("illegal memory access") && msg.contains("CUDA error 700"));
+        }
+        other => panic!("expected Cuda, got {other}"),
+    }
+}
+
+#[test]
+fn out_of_memory_message_names_the_sizes() {
+    let e = status::out_of_memory(
+        "a buffer of 805306368 f32",
+        3 << 30,
+        Some((1 << 29, 80 << 30)),
+    );
+    let msg = e.to_string();
+    assert!(msg.starts_with("out of device memory: "), "{msg}");
+    for part in [
+        "3.00 GiB",
+        "3221225472 bytes",
+        "a buffer of 805306368 f32",
+        "512.0 MiB free of 80.00 GiB",
+    ] {
+        assert!(msg.contains(part), "missing {part:?} in {msg}");
+    }
+    let unknown = status::out_of_memory("labels", 100, None).to_string();
+    assert!(unknown.contains("could not be queried"), "{unknown}");
+    assert!(matches!(
+        plan::f32_bytes(usize::MAX / 2),
+        Err(Error::OutOfMemory(_))
+    ));
+    assert_eq!(plan::f32_bytes(10).unwrap(), 40);
+}
+
+/// AlexNet's five convolutions at batch 128 (227x227 input, two columns where the paper has
+/// them), as the model runs them.
+fn alexnet_convs() -> Vec<ConvShape> {
+    let c = |c_in, h, c_out, k, stride, pad, groups| ConvShape {
+        n: 128,
+        c_in,
+        h,
+        w: h,
+        c_out,
+        kh: k,
+        kw: k,
+        stride,
+        pad,
+        groups,
+    };
+    vec![
+        c(3, 227, 96, 11, 4, 0, 1),
+        c(96, 27, 256, 5, 1, 2, 2),
+        c(256, 13, 384, 3, 1, 1, 1),
+        c(384, 13, 384, 3, 1, 1, 2),
+        c(384, 13, 256, 3, 1, 1, 2),
+    ]
+}
+
+/// The chunk is the largest that fits the budget (never zero, never past the batch), and the host
+/// plan and the kernels' C code agree on the scratch size (the C function does no CUDA calls).
+#[test]
+fn conv_plan_fits_the_budget_and_agrees_with_the_kernels() {
+    let mut shapes = alexnet_convs();
+    shapes.extend(suite::conv_shapes());
+    for s in &shapes {
+        for bw in [false, true] {
+            for budget in [1, 1 << 20, plan::SCRATCH_BUDGET_FLOATS, usize::MAX / 8] {
+                let p = plan::conv_plan(s, budget, bw);
+                let per_image = plan::conv_floats_per_image(s, bw);
+                assert!(p.chunk >= 1 && p.chunk <= s.n, "{s:?} {p:?}");
+                assert_eq!(p.scratch_floats, p.chunk * per_image);
+                if p.chunk > 1 {
+                    assert!(p.scratch_floats <= budget, "{s:?} {p:?} over {budget}");
+                }
+                if p.chunk < s.n {
+                    assert!(
+                        (p.chunk + 1) * per_image > budget,
+                        "{s:?} {p:?} could be larger"
+                    );
+                }
+                assert_eq!(
+                    cuda::c_conv_scratch_floats(s, p.chunk, bw),
+                    p.scratch_floats,
+                    "host and kernels disagree for {s:?} chunk {}",
+                    p.chunk
+                );
+            }
+        }
+    }
+    // conv1 forward at batch 128: 363 x 3025 floats per image, 61 images per round by default.
+    let conv1 = plan::conv_plan(&alexnet_convs()[0], plan::SCRATCH_BUDGET_FLOATS, false);
+    assert_eq!(conv1.chunk, 61);
+}
+
+fn is_shape_err<T>(r: alexnet::Result<T>) -> bool {
+    matches!(r, Err(Error::Shape { .. }))
+}
+
+/// The checks every op runs before launching anything, exercised directly (no buffers needed).
+#[test]
+fn host_shape_checks_reject_bad_lengths_and_geometry() {
+    let b = plan::SCRATCH_BUDGET_FLOATS;
+    let s = ConvShape {
+        n: 2,
+        c_in: 4,
+        h: 6,
+        w: 5,
+        c_out: 6,
+        kh: 3,
+        kw: 3,
+        stride: 1,
+        pad: 1,
+        groups: 2,
+    };
+    let (x, w, y) = (s.x_len(), s.w_len(), s.y_len());
+    assert!(plan::conv_forward(&s, b, x, w, 6, y).is_ok());
+    assert!(is_shape_err(plan::conv_forward(&s, b, x - 1, w, 6, y)));
+    assert!(is_shape_err(plan::conv_forward(&s, b, x, w + 1, 6, y)));
+    assert!(is_shape_err(plan::conv_forward(&s, b, x, w, 5, y)));
+    assert!(is_shape_err(plan::conv_forward(&s, b, x, w, 6, y - 1)));
+    assert!(plan::conv_backward_data(&s, b, y, w, x).is_ok());
+    assert!(is_shape_err(plan::conv_backward_data(&s, b, y, w, x + 1)));
+    assert!(plan::conv_backward_weights(&s, b, x, y, w, 6).is_ok());
+    assert!(is_shape_err(plan::conv_backward_weights(&s, b, x, y, w, 7)));
+    assert!(is_shape_err(plan::conv_backward_weights(
+        &s,
+        b,
+        x,
+        y - 1,
+        w,
+        6
+    )));
+    for bad in [
+        ConvShape { groups: 3, ..s },
+        ConvShape { kh: 9, ..s },
+        ConvShape { stride: 0, ..s },
+        ConvShape { c_in: 0, ..s },
+        ConvShape { n: 0, ..s },
+    ] {
+        let r = plan::conv_forward(&bad, b, bad.x_len(), bad.w_len(), 6, 0);
+        assert!(is_shape_err(r), "{bad:?} accepted");
+    }
+    // cuBLAS dimensions are 32-bit.
+    let wide = FcShape {
+        n: 1,
+        d_in: 1 << 31,
+        d_out: 1,
+    };
+    assert!(is_shape_err(plan::fc_forward(
+        &wide,
+        1 << 31,
+        1 << 31,
+        1,
+        1
+    )));
+
+    let f = FcShape {
+        n: 2,
+        d_in: 5,
+        d_out: 3,
+    };
+    assert!(plan::fc_forward(&f, 10, 15, 3, 6).is_ok());
+    assert!(is_shape_err(plan::fc_forward(&f, 10, 14, 3, 6)));
+    assert!(plan::fc_backward(&f, 10, 15, 6, Some(10), 15, 3).is_ok());
+    assert!(plan::fc_backward(&f, 10, 15, 6, None, 15, 3).is_ok());
+    assert!(is_shape_err(plan::fc_backward(
+        &f,
+        10,
+        15,
+        6,
+        Some(9),
+        15,
+        3
+    )));
+    assert!(is_shape_err(plan::fc_backward(&f, 10, 15, 6, None, 15, 2)));
+
+    let l = LrnShape {
+        n: 2,
+        c: 6,
+        h: 3,
+        w: 3,
+        groups: 2,
+    };
+    assert!(plan::lrn("lrn_forward", &l, 5, &[("x", 108), ("y", 108)]).is_ok());
+    assert!(is_shape_err(plan::lrn(
+        "lrn_forward",
+        &l,
+        5,
+        &[("x", 108), ("y", 107)]
+    )));
+    assert!(is_shape_err(plan::lrn(
+        "lrn_forward",
+        &LrnShape { groups: 4, ..l },
+        5,
+        &[]
+    )));
+    assert!(is_shape_err(plan::lrn("lrn_forward", &l, 0, &[])));
+
+    let p = PoolShape {
+        n: 1,
+        c: 2,
+        h: 7,
+        w: 7,
+        size: 3,
+        stride: 2,
+    };
+    assert!(plan::pool("maxpool", &p, 98, 18, Some((18, 98))).is_ok());
+    assert!(is_shape_err(plan::pool("maxpool", &p, 98, 17, None)));
+    assert!(is_shape_err(plan::pool(
+        "maxpool",
+        &p,
+        98,
+        18,
+        Some((18, 97))
+    )));
+    assert!(is_shape_err(plan::pool(
+        "maxpool",
+        &PoolShape { h: 2, ..p },
+        28,
+        2,
+        None
+    )));
+    assert!(is_shape_err(plan::pool(
+        "maxpool",
+        &PoolShape { stride: 0, ..p },
+        98,
+        18,
+        None
+    )));
+
+    assert!(plan::softmax("softmax_xent", 2, 3, &[("logits", 6)], Some(&[0, 2])).is_ok());
+    assert!(is_shape_err(plan::softmax(
+        "softmax_xent",
+        2,
+        3,
+        &[("logits", 5)],
+        None
+    )));
+    assert!(is_shape_err(plan::softmax(
+        "softmax_xent",
+        2,
+        3,
+        &[],
+        Some(&[0])
+    )));
+    match plan::softmax("softmax_xent", 2, 3, &[], Some(&[0, 3])) {
+        Err(Error::Shape { op, msg }) => {
+            assert_eq!(op, "softmax_xent");
+            assert!(msg.contains("label 3 of row 1"), "{msg}");
+        }
+        other => panic!("expected Shape, got {other:?}"),
+    }
+    assert!(is_shape_err(plan::same_len(
+        "sgd_update",
+        ("w", 4),
+        ("dw", 3)
+    )));
+    assert!(plan::same_len("sgd_update", ("w", 4), ("dw", 4)).is_ok());
+}

@@ -1,0 +1,192 @@
+//! The whole network, fast engine vs the f64 oracle: the paper's AlexNet (227x227, 1000
+//! classes, two columns, dropout on) forward and backward on a batch of 2, with the reference
+//! network composed from `alexnet-reference`'s layer functions by walking the same table.
+
+use alexnet::arch::{ArchConfig, Kind};
+use alexnet::engine::cpu::CpuEngine;
+use alexnet::model::{Init, Model};
+use alexnet::rng::{dropout_keep, Rng};
+use alexnet_reference as r;
+
+/// Loss and every parameter gradient of `cfg`'s net on (images, labels), computed in f64 by
+/// the reference layers, with the same parameters and dropout masks as the engine's model.
+fn reference_net(
+    cfg: &ArchConfig,
+    params: &[(String, Vec<usize>, Vec<f32>)],
+    images: &[f32],
+    labels: &[u32],
+    n: usize,
+    step_seed: u64,
+) -> (f64, Vec<Vec<f64>>) {
+    let plan = cfg.plan().unwrap();
+    let lrn = cfg.lrn();
+    let p64: Vec<Vec<f64>> = params
+        .iter()
+        .map(|(_, _, v)| v.iter().map(|&x| x as f64).collect())
+        .collect();
+    // Forward, keeping each row's input for the backward pass.
+    let mut x: Vec<f64> = images.iter().map(|&v| v as f64).collect();
+    let mut inputs = Vec::new();
+    let mut masks = Vec::new();
+    let mut param_index = Vec::new();
+    let mut next_param = 0;
+    for (row, p) in plan.iter().enumerate() {
+        inputs.push(x.clone());
+        param_index.push(next_param);
+        x = match p.layer.kind {
+            Kind::Conv { .. } => {
+                let c = p.conv.unwrap();
+                let s = r::Conv2d {
+                    n,
+                    c_in: c.c_in,
+                    h: c.h,
+                    w: c.w,
+                    c_out: c.c_out,
+                    kh: c.kh,
+                    kw: c.kw,
+                    stride: c.stride,
+                    pad: c.pad,
+                    groups: c.groups,
+                };
+                next_param += 2;
+                r::conv2d_forward(&s, &x, &p64[next_param - 2], &p64[next_param - 1])
+            }
+            Kind::Fc { out } => {
+                let s = r::Fc {
+                    n,
+                    d_in: p.input.len(),
+                    d_out: out,
+                };
+                next_param += 2;
+                r::fc_forward(&s, &x, &p64[next_param - 2], &p64[next_param - 1])
+            }
+            Kind::Relu => r::relu_forward(&x),
+            Kind::Lrn => r::lrn_forward(&lrn_of(p, n, &lrn), &x),
+            Kind::MaxPool { size, stride } => r::maxpool_forward(&pool_of(p, n, size, stride), &x),
+            Kind::Dropout => {
+                let seed = Model::<CpuEngine>::dropout_seed(step_seed, row);
+                let keep: Vec<bool> = (0..x.len())
+                    .map(|i| dropout_keep(seed, i as u64, cfg.dropout))
+                    .collect();
+                let y = r::dropout_forward(&x, &keep, 1.0);
+                masks.push(keep);
+                y
+            }
+        };
+    }
+    let labels: Vec<usize> = labels.iter().map(|&l| l as usize).collect();
+    let (loss, probs) = r::softmax_xent_forward(n, cfg.classes, &x, &labels);
+    let mut dy = r::softmax_xent_backward(n, cfg.classes, &probs, &labels);
+    let mut grads = vec![Vec::new(); params.len()];
+    for (row, p) in plan.iter().enumerate().rev() {
+        let x = &inputs[row];
+        dy = match p.layer.kind {
+            Kind::Conv { .. } => {
+                let c = p.conv.unwrap();
+                let s = r::Conv2d {
+                    n,
+                    c_in: c.c_in,
+                    h: c.h,
+                    w: c.w,
+                    c_out: c.c_out,
+                    kh: c.kh,
+                    kw: c.kw,
+                    stride: c.stride,
+                    pad: c.pad,
+                    groups: c.groups,
+                };
+                let (dx, dw, db) = r::conv2d_backward(&s, x, &p64[param_index[row]], &dy);
+                grads[param_index[row]] = dw;
+                grads[param_index[row] + 1] = db;
+                dx
+            }
+            Kind::Fc { out } => {
+                let s = r::Fc {
+                    n,
+                    d_in: p.input.len(),
+                    d_out: out,
+                };
+                let (dx, dw, db) = r::fc_backward(&s, x, &p64[param_index[row]], &dy);
+                grads[param_index[row]] = dw;
+                grads[param_index[row] + 1] = db;
+                dx
+            }
+            Kind::Relu => r::relu_backward(x, &dy),
+            Kind::Lrn => r::lrn_backward(&lrn_of(p, n, &lrn), x, &dy),
+            Kind::MaxPool { size, stride } => {
+                r::maxpool_backward(&pool_of(p, n, size, stride), x, &dy)
+            }
+            Kind::Dropout => r::dropout_backward(&dy, &masks.pop().unwrap(), 1.0),
+        };
+    }
+    (loss, grads)
+}
+
+fn lrn_of(p: &alexnet::arch::PlannedLayer, n: usize, l: &alexnet::engine::LrnParams) -> r::Lrn {
+    r::Lrn {
+        n,
+        c: p.input.c,
+        h: p.input.h,
+        w: p.input.w,
+        groups: p.layer.columns,
+        size: l.size,
+        alpha: l.alpha as f64,
+        beta: l.beta as f64,
+        k: l.k as f64,
+        alpha_over_n: l.alpha_over_n,
+    }
+}
+
+fn pool_of(p: &alexnet::arch::PlannedLayer, n: usize, size: usize, stride: usize) -> r::Pool {
+    r::Pool {
+        n,
+        c: p.input.c,
+        h: p.input.h,
+        w: p.input.w,
+        size,
+        stride,
+    }
+}
+
+/// ‖a − b‖ / ‖b‖ over a whole tensor.
+fn rel_err(a: &[f32], b: &[f64]) -> f64 {
+    let num: f64 = a.iter().zip(b).map(|(&x, &y)| (x as f64 - y).powi(2)).sum();
+    let den: f64 = b.iter().map(|y| y * y).sum();
+    (num / den.max(1e-300)).sqrt()
+}
+
+#[test]
+fn paper_alexnet_batch_2_matches_the_reference() {
+    let cfg = ArchConfig::default();
+    let n = 2;
+    let engine = CpuEngine::new(2).unwrap();
+    let mut model = Model::new(&engine, cfg.clone(), Init::Paper, 7, n).unwrap();
+    let mut rng = Rng::new(11);
+    // Mean-subtracted pixels are of order +-50 on the 0..255 scale.
+    let images: Vec<f32> = (0..n * 3 * 227 * 227)
+        .map(|_| (rng.normal() * 50.0) as f32)
+        .collect();
+    let labels = vec![3u32, 917];
+    let step_seed = 42;
+    model.forward(&engine, &images, Some(step_seed)).unwrap();
+    let loss = model.backward(&engine, &labels, Some(step_seed)).unwrap();
+    let params = model.read_params(&engine).unwrap();
+    let grads = model.read_grads(&engine).unwrap();
+
+    let (ref_loss, ref_grads) = reference_net(&cfg, &params, &images, &labels, n, step_seed);
+    // The loss is a sum over ~20 layers of f32 dot products of length up to 9216; each adds
+    // rounding of order sqrt(K) * 6e-8 relative, so 1e-5 relative is ample yet would catch any
+    // wrong element of a layer.
+    let loss_err = ((loss as f64 - ref_loss) / ref_loss).abs();
+    assert!(loss_err < 1e-5, "loss {loss} vs reference {ref_loss}");
+    for ((name, _, g), rg) in grads.iter().zip(&ref_grads) {
+        assert_eq!(g.len(), rg.len(), "{name}");
+        // Gradients pass back through the same layers again (twice the rounding of the
+        // forward), and a ReLU whose input lies within f32 rounding of 0 may flip in the
+        // engine; norm-wise 1e-4 bounds both while a single wrong column (a misplaced group,
+        // a missing LRN term) gives errors of order 1e-2 or more.
+        let e = rel_err(g, rg);
+        println!("{name:<14} relative error {e:.2e}");
+        assert!(e < 1e-4, "{name}: relative error {e:.3e}");
+    }
+}

@@ -1,0 +1,139 @@
+//! Training behaviour: the net can overfit a tiny batch, a resumed run repeats the uninterrupted
+//! one exactly, and the trainer's guards (flags, NaN) give clear errors.
+
+use std::sync::atomic::AtomicBool;
+
+use alexnet::arch::ArchConfig;
+use alexnet::engine::cpu::CpuEngine;
+use alexnet::model::{Init, Model, Sgd};
+use alexnet::rng::Rng;
+use alexnet::train::{train, TrainArgs};
+use clap::Parser;
+
+/// The trainer's flags as the CLI would parse them.
+#[derive(Parser)]
+struct Cli {
+    #[command(flatten)]
+    args: TrainArgs,
+}
+
+fn args(extra: &[&str]) -> TrainArgs {
+    let mut argv = vec!["train", "--quiet"];
+    argv.extend_from_slice(extra);
+    Cli::parse_from(argv).args
+}
+
+#[test]
+fn overfits_a_tiny_batch() {
+    // A small input (67 px: the smallest the three poolings allow) keeps this to seconds; the
+    // layers, columns and LRN are the paper's.
+    let cfg = ArchConfig {
+        classes: 10,
+        input_size: 67,
+        dropout: 0.0,
+        ..ArchConfig::default()
+    };
+    let e = CpuEngine::new(2).unwrap();
+    let n = 8;
+    let mut model = Model::new(&e, cfg, Init::Caffe, 3, n).unwrap();
+    let mut rng = Rng::new(9);
+    let images: Vec<f32> = (0..n * 3 * 67 * 67)
+        .map(|_| (rng.normal() * 50.0) as f32)
+        .collect();
+    let labels: Vec<u32> = (0..n as u32).map(|i| i % 10).collect();
+    let sgd = Sgd::default();
+    let mut losses = Vec::new();
+    for _ in 0..60 {
+        model.forward(&e, &images, Some(0)).unwrap();
+        losses.push(model.backward(&e, &labels, Some(0)).unwrap());
+        model.sgd_step(&e, 0.01, &sgd).unwrap();
+    }
+    let (first, last) = (losses[0], *losses.last().unwrap());
+    // Chance is ln(10) = 2.30; memorising 8 images must take the loss far below it.
+    assert!(
+        last < first / 10.0,
+        "loss went from {first} to {last}: {losses:?}"
+    );
+}
+
+#[test]
+fn resume_repeats_the_uninterrupted_run_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let common = [
+        "--input-size",
+        "67",
+        "--batch-size",
+        "8",
+        "--builtin-train",
+        "32",
+        "--builtin-val",
+        "16",
+        "--classes",
+        "4",
+        "--threads",
+        "2",
+        "--workers",
+        "2",
+        "--init",
+        "caffe",
+    ];
+    let stop = AtomicBool::new(false);
+    let e = CpuEngine::new(2).unwrap();
+
+    // Uninterrupted: 6 steps (1.5 epochs of 4 batches).
+    let mut a = common.to_vec();
+    a.extend(["--steps", "6"]);
+    let full = train(&e, &args(&a), &stop).unwrap();
+    assert_eq!(full.losses.len(), 6);
+
+    // Interrupted after 3 steps (mid-epoch), then resumed to 6.
+    let ck = dir.path().to_str().unwrap();
+    let mut b = common.to_vec();
+    b.extend(["--steps", "3", "--checkpoint-dir", ck]);
+    let first = train(&e, &args(&b), &stop).unwrap();
+    let mut c = common.to_vec();
+    c.extend(["--steps", "6", "--checkpoint-dir", ck, "--resume"]);
+    let second = train(&e, &args(&c), &stop).unwrap();
+
+    let resumed: Vec<f32> = first.losses.iter().chain(&second.losses).copied().collect();
+    // Same seed, same thread count, same data position: bit-identical losses.
+    assert_eq!(resumed, full.losses);
+}
+
+#[test]
+fn bad_flags_are_clear_errors() {
+    let stop = AtomicBool::new(false);
+    let e = CpuEngine::new(1).unwrap();
+    let err = train(&e, &args(&["--input-size", "40", "--steps", "1"]), &stop)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("too small"), "{err}");
+    let err = train(&e, &args(&["--lr", "-1", "--steps", "1"]), &stop)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("--lr"), "{err}");
+}
+
+#[test]
+fn divergence_names_the_step_and_the_layer() {
+    let stop = AtomicBool::new(false);
+    let e = CpuEngine::new(2).unwrap();
+    let a = args(&[
+        "--input-size",
+        "67",
+        "--batch-size",
+        "8",
+        "--builtin-train",
+        "64",
+        "--builtin-val",
+        "8",
+        "--classes",
+        "4",
+        "--lr",
+        "1e30",
+        "--steps",
+        "8",
+    ]);
+    let err = train(&e, &a, &stop).unwrap_err().to_string();
+    assert!(err.contains("non-finite") && err.contains("step"), "{err}");
+}
