@@ -91,12 +91,12 @@ def main() -> None:
     x = torch.randn(args.batch, 3, 227, 227, device=dev)
     labels = torch.randint(0, 1000, (args.batch,), device=dev)
 
-    def step() -> torch.Tensor:
+    def step() -> float:
         opt.zero_grad(set_to_none=True)
         loss = loss_fn(model(x), labels)
         loss.backward()
         opt.step()
-        return loss
+        return loss.item()
 
     def sync() -> None:
         if args.device == "cuda":
@@ -113,7 +113,7 @@ def main() -> None:
     best, mean = min(times), sum(times) / len(times)
     where = f"{args.threads} threads" if args.device == "cpu" else torch.cuda.get_device_name()
     print(f"pytorch {torch.__version__} {args.device} ({where}), batch {args.batch}, "
-          f"{args.steps} steps, loss {float(loss):.3f}")
+          f"{args.steps} steps, loss {loss:.3f}")
     print(f"ms/step: best {best * 1e3:.0f}, mean {mean * 1e3:.0f}")
     print(f"images/s: best {args.batch / best:.1f}, mean {args.batch / mean:.1f}")
 

@@ -43,7 +43,6 @@ fn run(g: &mut Group, name: &str, work: Work, mut f: impl FnMut()) -> f64 {
     };
     g.throughput(Throughput::Elements(n));
     let mut best = f64::INFINITY;
-    let (c0, w0) = (cpu_secs(), Instant::now());
     g.bench_function(name, |b| {
         b.iter_custom(|iters| {
             let t = Instant::now();
@@ -55,9 +54,7 @@ fn run(g: &mut Group, name: &str, work: Work, mut f: impl FnMut()) -> f64 {
             d
         })
     });
-    let (c1, w1) = (cpu_secs() - c0, w0.elapsed().as_secs_f64());
     if best.is_finite() {
-        println!("TMPCPU {name}: cpu/wall {:.2}", c1 / w1);
         match work {
             Work::Flops(n) => println!(
                 "RATE {name}: {:.2} ms, {:.1} GFLOP/s",
@@ -76,17 +73,9 @@ fn run(g: &mut Group, name: &str, work: Work, mut f: impl FnMut()) -> f64 {
     }
 }
 
-fn conv_shape(
-    n: usize,
-    c_in: usize,
-    hw: usize,
-    c_out: usize,
-    k: usize,
-    s: usize,
-    pad: usize,
-    groups: usize,
-) -> ConvShape {
-    ConvShape {
+/// The paper's two-column net (Figure 2; groups = 2 where a layer reads only its own column).
+fn convs(n: usize) -> [(&'static str, ConvShape); 5] {
+    let c = |c_in, hw, c_out, k, stride, pad, groups| ConvShape {
         n,
         c_in,
         h: hw,
@@ -94,20 +83,16 @@ fn conv_shape(
         c_out,
         kh: k,
         kw: k,
-        stride: s,
+        stride,
         pad,
         groups,
-    }
-}
-
-/// The paper's two-column net (Figure 2; groups = 2 where a layer reads only its own column).
-fn convs(n: usize) -> [(&'static str, ConvShape); 5] {
+    };
     [
-        ("conv1", conv_shape(n, 3, 227, 96, 11, 4, 0, 1)),
-        ("conv2", conv_shape(n, 96, 27, 256, 5, 1, 2, 2)),
-        ("conv3", conv_shape(n, 256, 13, 384, 3, 1, 1, 1)),
-        ("conv4", conv_shape(n, 384, 13, 384, 3, 1, 1, 2)),
-        ("conv5", conv_shape(n, 384, 13, 256, 3, 1, 1, 2)),
+        ("conv1", c(3, 227, 96, 11, 4, 0, 1)),
+        ("conv2", c(96, 27, 256, 5, 1, 2, 2)),
+        ("conv3", c(256, 13, 384, 3, 1, 1, 1)),
+        ("conv4", c(384, 13, 384, 3, 1, 1, 2)),
+        ("conv5", c(384, 13, 256, 3, 1, 1, 2)),
     ]
 }
 
@@ -295,9 +280,3 @@ criterion_group! {
     targets = gemm_peak, layers
 }
 criterion_main!(benches);
-
-fn cpu_secs() -> f64 {
-    let s = std::fs::read_to_string("/proc/self/stat").unwrap();
-    let f: Vec<&str> = s.rsplit(')').next().unwrap().split_whitespace().collect();
-    (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / 100.0
-}

@@ -537,6 +537,21 @@ impl<E: Engine> Model<E> {
         Ok(out)
     }
 
+    /// Host copy of the gradient of the loss with respect to a named row's output, after
+    /// `backward` (for locating where two engines part ways).
+    pub fn output_grad(&self, e: &E, layer: &str) -> Result<Vec<f32>> {
+        let s = self
+            .steps
+            .iter()
+            .rev()
+            .find(|s| s.plan.layer.name == layer)
+            .ok_or_else(|| Error::Config(format!("no layer named {layer}")))?;
+        let buf = &self.grads[s.output];
+        let mut out = vec![0.0; e.buf_len(buf)];
+        e.download(buf, &mut out)?;
+        Ok(out)
+    }
+
     /// Names the first row (in forward order) whose activation, or (in backward order) whose
     /// activation gradient or parameter gradient, holds a NaN or infinity. For the divergence
     /// report; downloads everything, so only called once something went wrong.

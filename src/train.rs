@@ -326,10 +326,11 @@ pub fn train<E: Engine>(engine: &E, args: &TrainArgs, stop: &AtomicBool) -> Resu
         println!("initialised {reused} tensors from {}", path.display());
     }
 
-    let log_path = args
-        .log
-        .clone()
-        .or_else(|| args.checkpoint_dir.as_ref().map(|d| d.join("metrics.jsonl")));
+    let log_path = args.log.clone().or_else(|| {
+        args.checkpoint_dir
+            .as_ref()
+            .map(|d| d.join("metrics.jsonl"))
+    });
     let mut log = match &log_path {
         // On resume, records after the checkpoint's step (written before a crash) are dropped.
         Some(p) if args.resume => Some(MetricsLog::open_resume(p, state.step)?),
@@ -348,7 +349,11 @@ pub fn train<E: Engine>(engine: &E, args: &TrainArgs, stop: &AtomicBool) -> Resu
         crop: args.input_size,
         random_crop: !(args.no_augment || args.no_random_crop),
         flip: !(args.no_augment || args.no_flip),
-        pca_std: if args.no_augment || args.no_pca { 0.0 } else { 0.1 },
+        pca_std: if args.no_augment || args.no_pca {
+            0.0
+        } else {
+            0.1
+        },
         subtract_mean: true,
     };
     println!(
@@ -401,7 +406,8 @@ pub fn train<E: Engine>(engine: &E, args: &TrainArgs, stop: &AtomicBool) -> Resu
         }
         let bar = progress_bar(args.quiet, per_epoch as u64, state.epoch + 1, epochs);
         bar.set_position(state.batch_in_epoch);
-        let (mut epoch_loss, mut epoch_top1, mut epoch_top5, mut epoch_n) = (0.0, 0usize, 0usize, 0);
+        let (mut epoch_loss, mut epoch_top1, mut epoch_top5, mut epoch_n) =
+            (0.0, 0usize, 0usize, 0);
         let epoch_start = Instant::now();
         while let Some(next) = loader.next() {
             let (batch, waited) = next?;
@@ -563,10 +569,15 @@ fn validate(args: &TrainArgs) -> Result<()> {
         return Err(Error::Config("--batch-size must be at least 1".into()));
     }
     if !(args.lr.is_finite() && args.lr > 0.0) {
-        return Err(Error::Config(format!("--lr must be positive (got {})", args.lr)));
+        return Err(Error::Config(format!(
+            "--lr must be positive (got {})",
+            args.lr
+        )));
     }
     if args.steps == Some(0) || args.epochs == Some(0) {
-        return Err(Error::Config("--steps and --epochs must be at least 1".into()));
+        return Err(Error::Config(
+            "--steps and --epochs must be at least 1".into(),
+        ));
     }
     Ok(())
 }
@@ -605,7 +616,10 @@ pub fn load_weights<E: Engine>(
             .iter()
             .any(|p| p.name == t.name && p.shape == t.shape);
         if !fits && !exact {
-            println!("  {}: shape {:?} differs, freshly initialised", t.name, t.shape);
+            println!(
+                "  {}: shape {:?} differs, freshly initialised",
+                t.name, t.shape
+            );
             continue;
         }
         model.write_param(engine, &t.name, &t.shape, &t.data, false)?;

@@ -1,5 +1,6 @@
 //! The whole paper AlexNet, one training step on the GPU vs the CPU engine: loss, every
-//! parameter gradient and every updated weight. Skips (and passes) without a CUDA device.
+//! parameter gradient and every updated weight, plus each convolution at its AlexNet shape.
+//! Skips (and passes) without a CUDA device.
 #![cfg(feature = "cuda")]
 
 use alexnet::arch::ArchConfig;
@@ -11,69 +12,234 @@ use alexnet::rng::Rng;
 
 type Tensors = Vec<(String, Vec<usize>, Vec<f32>)>;
 
-/// (loss, gradients, parameters after one SGD step) of the paper's net on `engine`.
-fn one_step<E: Engine>(e: &E, images: &[f32], labels: &[u32]) -> (f32, Tensors, Tensors) {
-    let mut m = Model::new(e, ArchConfig::default(), Init::Paper, 7, labels.len()).unwrap();
+const LAYERS: [&str; 22] = [
+    "conv1", "relu1", "lrn1", "pool1", "conv2", "relu2", "lrn2", "pool2", "conv3", "relu3",
+    "conv4", "relu4", "conv5", "relu5", "pool5", "fc6", "relu6", "drop6", "fc7", "relu7", "drop7",
+    "fc8",
+];
+
+struct Step {
+    loss: f32,
+    acts: Vec<Vec<f32>>,
+    out_grads: Vec<Vec<f32>>,
+    grads: Tensors,
+    updated: Tensors,
+}
+
+/// Everything of one training step of the paper's net on `engine`.
+fn one_step<E: Engine>(e: &E, init: Init, images: &[f32], labels: &[u32]) -> Step {
+    let mut m = Model::new(e, ArchConfig::default(), init, 7, labels.len()).unwrap();
     m.forward(e, images, Some(42)).unwrap();
     let loss = m.backward(e, labels, Some(42)).unwrap();
+    let acts = LAYERS.iter().map(|l| m.activation(e, l).unwrap()).collect();
+    let out_grads = LAYERS
+        .iter()
+        .map(|l| m.output_grad(e, l).unwrap())
+        .collect();
     let grads = m.read_grads(e).unwrap();
     m.sgd_step(e, 0.01, &Sgd::default()).unwrap();
-    (loss, grads, m.read_params(e).unwrap())
+    Step {
+        loss,
+        acts,
+        out_grads,
+        grads,
+        updated: m.read_params(e).unwrap(),
+    }
 }
 
 /// Norm-wise relative difference.
 fn rel(a: &[f32], b: &[f32]) -> f64 {
-    let num: f64 = a.iter().zip(b).map(|(x, y)| (*x as f64 - *y as f64).powi(2)).sum();
+    let num: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (*x as f64 - *y as f64).powi(2))
+        .sum();
     let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
     (num / den.max(1e-300)).sqrt()
 }
 
-fn compare(tf32: bool, grad_tol: f64) {
-    let gpu = match CudaEngine::new(0) {
-        Ok(e) => e,
+fn gpu(tf32: bool) -> Option<CudaEngine> {
+    match CudaEngine::new(0) {
+        Ok(e) => {
+            e.set_tf32(tf32).unwrap();
+            Some(e)
+        }
         Err(err) => {
             println!("skipped: no CUDA device ({err})");
-            return;
+            None
         }
-    };
-    gpu.set_tf32(tf32).unwrap();
-    let cpu = CpuEngine::new(0).unwrap();
-    let n = 4;
-    let mut rng = Rng::new(3);
-    let images: Vec<f32> = (0..n * 3 * 227 * 227)
-        .map(|_| (rng.normal() * 50.0) as f32)
-        .collect();
-    let labels = [1u32, 500, 999, 77];
-    let (l_cpu, g_cpu, p_cpu) = one_step(&cpu, &images, &labels);
-    let (l_gpu, g_gpu, p_gpu) = one_step(&gpu, &images, &labels);
-    println!("{} (tf32 {tf32}): loss cpu {l_cpu} gpu {l_gpu}", gpu.name());
-    assert!(
-        ((l_gpu - l_cpu) / l_cpu).abs() as f64 <= grad_tol,
-        "loss {l_gpu} vs {l_cpu}"
-    );
-    for ((name, _, a), (_, _, b)) in g_gpu.iter().zip(&g_cpu) {
-        let e = rel(a, b);
-        println!("  grad {name:<14} {e:.2e}");
-        assert!(e <= grad_tol, "gradient of {name}: {e:.3e} > {grad_tol:.0e}");
     }
-    for ((name, _, a), (_, _, b)) in p_gpu.iter().zip(&p_cpu) {
-        let e = rel(a, b);
-        assert!(e <= grad_tol, "updated {name}: {e:.3e}");
+}
+
+/// Max-pool windows (over the three pooling layers' inputs) whose two largest values lie within
+/// `rel_gap` of each other (all-zero windows excluded: both engines send their gradient to the
+/// first zero, which the ReLU below then discards).
+fn near_ties(acts: &[Vec<f32>], n: usize, rel_gap: f32) -> usize {
+    let mut count = 0;
+    for (layer, c, h) in [("lrn1", 96, 55), ("lrn2", 256, 27), ("relu5", 256, 13)] {
+        let x = &acts[LAYERS.iter().position(|l| *l == layer).unwrap()];
+        let ho = (h - 3) / 2 + 1;
+        for plane in 0..n * c {
+            for oh in 0..ho {
+                for ow in 0..ho {
+                    let mut v: Vec<f32> = (0..9)
+                        .map(|k| x[plane * h * h + (oh * 2 + k / 3) * h + ow * 2 + k % 3])
+                        .collect();
+                    v.sort_by(|a, b| b.total_cmp(a));
+                    if v[0] != 0.0 && (v[0] - v[1]) <= rel_gap * v[0].abs() {
+                        count += 1;
+                    }
+                }
+            }
+        }
     }
+    count
+}
+
+/// Random mean-subtracted images (+-50 on the 0..255 scale) for which no max-pool window of the
+/// CPU forward pass (Caffe init, whose 0.1 biases spread the pooled values more than the paper's
+/// 1s, so tie-free inputs are common) has its top two values within 5e-6 relative, ten times the
+/// engines' largest activation difference.
+///
+/// Why: the engines' activations differ by rounding (~6e-7 relative), so where two values of a
+/// window are that close the engines may pick different maxima and route that window's gradient
+/// to different pixels. That is correct behaviour of both, but it moves whole gradient elements
+/// (a handful of flips gives ~3e-3 norm-wise in the layers below), which would hide a real error
+/// of that size. Choosing inputs without such near-ties makes the comparison exact to rounding.
+fn tie_free_inputs(cpu: &CpuEngine, n: usize, labels: &[u32]) -> (Vec<f32>, Step) {
+    for seed in 0..200 {
+        let mut rng = Rng::new(seed);
+        let images: Vec<f32> = (0..n * 3 * 227 * 227)
+            .map(|_| (rng.normal() * 50.0) as f32)
+            .collect();
+        let step = one_step(cpu, Init::Caffe, &images, labels);
+        if near_ties(&step.acts, n, 5e-6) == 0 {
+            println!("inputs from seed {seed} have no near-tie pooling windows");
+            return (images, step);
+        }
+    }
+    panic!("no tie-free input among 200 seeds");
 }
 
 #[test]
 fn one_training_step_matches_the_cpu_engine_fp32() {
+    let Some(gpu) = gpu(false) else { return };
+    let cpu = CpuEngine::new(0).unwrap();
+    let labels = [500u32];
+    let (images, c) = tie_free_inputs(&cpu, labels.len(), &labels);
+    let g = one_step(&gpu, Init::Caffe, &images, &labels);
     // Both engines agree with the f64 oracle to ~1e-6 norm-wise on this net (see
     // model_vs_reference.rs); two f32 summation orders then differ by a few 1e-6. 1e-5 leaves
-    // room for a ReLU input within rounding of zero flipping, while any indexing error is
-    // orders of magnitude larger.
-    compare(false, 1e-5);
+    // room for that, while any indexing error is orders of magnitude larger.
+    assert_all_close(&gpu, &g, &c, 1e-5, true);
 }
 
 #[test]
 fn one_training_step_matches_the_cpu_engine_tf32() {
-    // TF32 keeps 10 mantissa bits (relative rounding 2^-11 ~ 5e-4 per product); through
-    // eight GEMM layers forward and back the gradients drift to a few 1e-3.
-    compare(true, 1e-2);
+    let Some(gpu) = gpu(true) else { return };
+    let cpu = CpuEngine::new(0).unwrap();
+    let labels = [1u32, 500, 999, 77];
+    let mut rng = Rng::new(3);
+    let images: Vec<f32> = (0..labels.len() * 3 * 227 * 227)
+        .map(|_| (rng.normal() * 50.0) as f32)
+        .collect();
+    let c = one_step(&cpu, Init::Paper, &images, &labels);
+    let g = one_step(&gpu, Init::Paper, &images, &labels);
+    // TF32 rounds GEMM inputs to 10 mantissa bits (2^-11 ~ 5e-4 relative): forward activations
+    // and the loss drift to a few 1e-4 through eight GEMM layers, so 1e-3. Gradients are not
+    // compared: at that rounding many max-pool windows have near-ties (see tie_free_inputs), so
+    // gradients below a pooling layer legitimately differ by ~1e-1.
+    assert_all_close(&gpu, &g, &c, 1e-3, false);
+}
+
+fn assert_all_close(gpu: &CudaEngine, g: &Step, c: &Step, tol: f64, gradients: bool) {
+    println!("{}: loss cpu {} gpu {}", gpu.name(), c.loss, g.loss);
+    let mut all: Vec<(String, f64)> =
+        vec![("loss".into(), ((g.loss - c.loss) / c.loss).abs() as f64)];
+    for (i, l) in LAYERS.iter().enumerate() {
+        let (a, d) = (
+            rel(&g.acts[i], &c.acts[i]),
+            rel(&g.out_grads[i], &c.out_grads[i]),
+        );
+        println!("  {l:<6} activation {a:.2e}   gradient of output {d:.2e}");
+        all.push((format!("activation of {l}"), a));
+        if gradients {
+            all.push((format!("gradient of {l}'s output"), d));
+        }
+    }
+    if gradients {
+        for ((name, _, a), (_, _, b)) in g.grads.iter().zip(&c.grads) {
+            let e = rel(a, b);
+            println!("  grad {name:<14} {e:.2e}");
+            all.push((format!("gradient of {name}"), e));
+        }
+        for ((name, _, a), (_, _, b)) in g.updated.iter().zip(&c.updated) {
+            all.push((format!("updated {name}"), rel(a, b)));
+        }
+    }
+    let bad: Vec<_> = all.iter().filter(|(_, e)| !(*e <= tol)).collect();
+    assert!(bad.is_empty(), "over {tol:.0e}: {bad:?}");
+}
+
+#[test]
+fn each_convolution_at_its_alexnet_shape_matches_the_cpu_engine() {
+    let Some(gpu) = gpu(false) else { return };
+    let cpu = CpuEngine::new(0).unwrap();
+    let mut plan = ArchConfig::default().plan().unwrap();
+    plan.retain(|p| p.conv.is_some());
+    let mut rng = Rng::new(17);
+    for p in plan {
+        let mut s = p.conv.unwrap();
+        s.n = 4;
+        let rand = |rng: &mut Rng, len: usize, scale: f64| -> Vec<f32> {
+            (0..len).map(|_| (rng.normal() * scale) as f32).collect()
+        };
+        let x = rand(&mut rng, s.x_len(), 1.0);
+        let w = rand(&mut rng, s.w_len(), 0.01);
+        let b = rand(&mut rng, s.c_out, 0.1);
+        let dy = rand(&mut rng, s.y_len(), 1e-3);
+        let on = |eng_is_gpu: bool| -> [Vec<f32>; 4] {
+            fn go<E: Engine>(
+                e: &E,
+                s: &alexnet::engine::ConvShape,
+                x: &[f32],
+                w: &[f32],
+                b: &[f32],
+                dy: &[f32],
+            ) -> [Vec<f32>; 4] {
+                let up = |v: &[f32]| {
+                    let mut buf = e.alloc(v.len()).unwrap();
+                    e.upload(&mut buf, v).unwrap();
+                    buf
+                };
+                let down = |buf: &E::Buf| {
+                    let mut v = vec![0.0; e.buf_len(buf)];
+                    e.download(buf, &mut v).unwrap();
+                    v
+                };
+                let (xb, wb, bb, dyb) = (up(x), up(w), up(b), up(dy));
+                let mut y = e.alloc(s.y_len()).unwrap();
+                let mut dx = e.alloc(s.x_len()).unwrap();
+                let mut dw = e.alloc(s.w_len()).unwrap();
+                let mut db = e.alloc(s.c_out).unwrap();
+                e.conv_forward(s, &xb, &wb, &bb, &mut y).unwrap();
+                e.conv_backward_data(s, &dyb, &wb, &mut dx).unwrap();
+                e.conv_backward_weights(s, &xb, &dyb, &mut dw, &mut db)
+                    .unwrap();
+                [down(&y), down(&dx), down(&dw), down(&db)]
+            }
+            if eng_is_gpu {
+                go(&gpu, &s, &x, &w, &b, &dy)
+            } else {
+                go(&cpu, &s, &x, &w, &b, &dy)
+            }
+        };
+        let (g, c) = (on(true), on(false));
+        for (what, (a, bb)) in ["y", "dx", "dw", "db"].iter().zip(g.iter().zip(&c)) {
+            let e = rel(a, bb);
+            println!("{} {what}: {e:.2e}", p.layer.name);
+            // Dot products of length <= 12100 in two f32 summation orders.
+            assert!(e <= 1e-5, "{} {what}: {e:.3e}", p.layer.name);
+        }
+    }
 }

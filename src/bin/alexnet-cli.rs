@@ -218,7 +218,11 @@ fn run(cli: Cli) -> Result<()> {
                 }
                 println!(
                     "{} {} steps{}",
-                    if s.interrupted { "stopped after" } else { "done:" },
+                    if s.interrupted {
+                        "stopped after"
+                    } else {
+                        "done:"
+                    },
                     s.steps,
                     match (s.last_val_top1, s.last_val_top5) {
                         (Some(a), Some(b)) => format!(
@@ -312,7 +316,12 @@ fn run(cli: Cli) -> Result<()> {
                     100.0 * r.top5
                 );
                 if let Some((a, b)) = r.ten_crop {
-                    println!("{:<12} {:>11.2}% {:>11.2}%", "10-crop", 100.0 * a, 100.0 * b);
+                    println!(
+                        "{:<12} {:>11.2}% {:>11.2}%",
+                        "10-crop",
+                        100.0 * a,
+                        100.0 * b
+                    );
                 }
                 if per_class {
                     print!("{}", r.per_class.report(&names, names.len()));

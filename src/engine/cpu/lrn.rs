@@ -24,7 +24,7 @@ struct Geo {
 
 impl Geo {
     fn new(s: &LrnShape, p: &LrnParams, op: &str) -> Result<Geo> {
-        if s.groups == 0 || s.c % s.groups != 0 || p.size == 0 {
+        if s.groups == 0 || !s.c.is_multiple_of(s.groups) || p.size == 0 {
             return Err(Error::shape(
                 op,
                 format!(

@@ -30,23 +30,67 @@ pub(super) fn forward(eng: &CpuEngine, s: &PoolShape, x: &[f32], y: &mut [f32]) 
     eng.run_parts(parts, |_, (planes, y)| {
         for (q, y) in planes.zip(y.chunks_exact_mut(ho * wo)) {
             let x = &x[q * hw..(q + 1) * hw];
-            for (oy, yrow) in y.chunks_exact_mut(wo).enumerate() {
-                for (ox, out) in yrow.iter_mut().enumerate() {
-                    let (y0, x0) = (oy * s.stride, ox * s.stride);
-                    let mut m = x[y0 * s.w + x0];
-                    for row in x[y0 * s.w..].chunks(s.w).take(s.size) {
-                        for &v in &row[x0..x0 + s.size] {
-                            if v > m {
-                                m = v;
-                            }
-                        }
-                    }
-                    *out = m;
-                }
+            // AlexNet's 3/2 gets loops with constant bounds (~1.5x faster); others the general.
+            match (s.size, s.stride) {
+                (3, 2) => max_plane(x, y, s.w, wo, 3, 2),
+                (size, stride) => max_plane(x, y, s.w, wo, size, stride),
             }
         }
         Ok(())
     })
+}
+
+/// y = max over each window of one plane x, row by row: the max over the window's first input
+/// row, then each further row folded in. Inlined so constant `size`/`stride` specialise it.
+#[inline(always)]
+fn max_plane(x: &[f32], y: &mut [f32], w: usize, wo: usize, size: usize, stride: usize) {
+    for (oy, yrow) in y.chunks_exact_mut(wo).enumerate() {
+        for ky in 0..size {
+            let xrow = &x[(oy * stride + ky) * w..][..w];
+            for (ox, out) in yrow.iter_mut().enumerate() {
+                let win = &xrow[ox * stride..ox * stride + size];
+                let mut m = win[0];
+                for &v in &win[1..] {
+                    if v > m {
+                        m = v;
+                    }
+                }
+                if ky == 0 || m > *out {
+                    *out = m;
+                }
+            }
+        }
+    }
+}
+
+/// dx (one plane, overwritten) = each dy routed to the first x (row-major) in its window equal
+/// to y. A y that matches nothing (a NaN) routes its gradient nowhere. Inlined like
+/// [`max_plane`].
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn route_plane(
+    x: &[f32],
+    y: &[f32],
+    dy: &[f32],
+    dx: &mut [f32],
+    w: usize,
+    wo: usize,
+    size: usize,
+    stride: usize,
+) {
+    dx.fill(0.0);
+    for (o, (&m, &d)) in y.iter().zip(dy).enumerate() {
+        let (y0, x0) = ((o / wo) * stride, (o % wo) * stride);
+        'window: for iy in y0..y0 + size {
+            let row = &x[iy * w + x0..][..size];
+            for (kx, &v) in row.iter().enumerate() {
+                if v == m {
+                    dx[iy * w + x0 + kx] += d;
+                    break 'window;
+                }
+            }
+        }
+    }
 }
 
 // dx[N,C,H,W] = sum over windows of dy, each routed to its window's first x equal to y
@@ -73,21 +117,12 @@ pub(super) fn backward(
         .collect();
     eng.run_parts(parts, |_, (planes, dx)| {
         for (q, dx) in planes.zip(dx.chunks_exact_mut(hw)) {
-            dx.fill(0.0);
             let x = &x[q * hw..(q + 1) * hw];
-            let (y, dy) = (
-                &y[q * ho * wo..(q + 1) * ho * wo],
-                &dy[q * ho * wo..(q + 1) * ho * wo],
-            );
-            for (o, (&m, &d)) in y.iter().zip(dy).enumerate() {
-                let (y0, x0) = ((o / wo) * s.stride, (o % wo) * s.stride);
-                // A y that matches nothing (a NaN) routes its gradient nowhere.
-                let hit = (y0..y0 + s.size)
-                    .flat_map(|iy| (x0..x0 + s.size).map(move |ix| iy * s.w + ix))
-                    .find(|&i| x[i] == m);
-                if let Some(i) = hit {
-                    dx[i] += d;
-                }
+            let o = q * ho * wo..(q + 1) * ho * wo;
+            let (y, dy) = (&y[o.clone()], &dy[o]);
+            match (s.size, s.stride) {
+                (3, 2) => route_plane(x, y, dy, dx, s.w, wo, 3, 2),
+                (size, stride) => route_plane(x, y, dy, dx, s.w, wo, size, stride),
             }
         }
         Ok(())
