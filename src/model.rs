@@ -35,6 +35,9 @@ impl Default for Sgd {
     }
 }
 
+/// Host copies of named tensors: (name, shape, values), in table order.
+pub type HostTensors = Vec<(String, Vec<usize>, Vec<f32>)>;
+
 /// A learnable tensor with its gradient and momentum buffer, named as PyTorch names it.
 pub struct Param<B> {
     pub name: String,
@@ -587,25 +590,21 @@ impl<E: Engine> Model<E> {
     }
 
     /// Host copies of every parameter, as (name, shape, values), in table order.
-    pub fn read_params(&self, e: &E) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+    pub fn read_params(&self, e: &E) -> Result<HostTensors> {
         self.read(e, |p| &p.value)
     }
 
     /// Host copies of every parameter gradient (of the last backward).
-    pub fn read_grads(&self, e: &E) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+    pub fn read_grads(&self, e: &E) -> Result<HostTensors> {
         self.read(e, |p| &p.grad)
     }
 
     /// Host copies of every momentum buffer.
-    pub fn read_momentum(&self, e: &E) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+    pub fn read_momentum(&self, e: &E) -> Result<HostTensors> {
         self.read(e, |p| &p.momentum)
     }
 
-    fn read(
-        &self,
-        e: &E,
-        which: impl Fn(&Param<E::Buf>) -> &E::Buf,
-    ) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+    fn read(&self, e: &E, which: impl Fn(&Param<E::Buf>) -> &E::Buf) -> Result<HostTensors> {
         self.params
             .iter()
             .map(|p| {

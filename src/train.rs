@@ -471,7 +471,9 @@ pub fn train<E: Engine>(engine: &E, args: &TrainArgs, stop: &AtomicBool) -> Resu
             }
             let interrupted = stop.load(Ordering::SeqCst);
             let budget_spent = !step_budget_left(&state);
-            let periodic = args.checkpoint_every.is_some_and(|k| state.step % k == 0);
+            let periodic = args
+                .checkpoint_every
+                .is_some_and(|k| state.step.is_multiple_of(k));
             if interrupted || budget_spent || periodic {
                 if let Some(dir) = &ckpt_dir {
                     let ck = make_checkpoint(engine, &model, &data, &state, args)?;
@@ -641,7 +643,7 @@ fn make_checkpoint<E: Engine>(
     state: &TrainState,
     args: &TrainArgs,
 ) -> Result<Checkpoint> {
-    let named = |v: Vec<(String, Vec<usize>, Vec<f32>)>| {
+    let named = |v: crate::model::HostTensors| {
         v.into_iter()
             .map(|(name, shape, data)| NamedTensor { name, shape, data })
             .collect::<Vec<_>>()

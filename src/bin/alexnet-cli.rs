@@ -27,7 +27,8 @@ use alexnet::{Error, Result};
     long_about = "AlexNet as in Krizhevsky, Sutskever & Hinton (2012): the paper's two-column \
 network, its SGD rule, data augmentation and 10-crop evaluation, on a fast CPU engine or \
 (built with --features cuda) an NVIDIA GPU.\n\nStart with `alexnet-cli train`: with no \
-arguments it trains on a built-in procedural dataset and shows the network learning."
+arguments it trains the paper's net on a built-in procedural dataset (no download needed), with a \
+progress bar, validation after each epoch, and a hint if the loss stays flat."
 )]
 struct Cli {
     #[command(subcommand)]

@@ -56,8 +56,8 @@ impl ConvShape {
         let ok = self.n > 0
             && self.groups > 0
             && self.stride > 0
-            && self.c_in % self.groups == 0
-            && self.c_out % self.groups == 0
+            && self.c_in.is_multiple_of(self.groups)
+            && self.c_out.is_multiple_of(self.groups)
             && self.h + 2 * self.pad >= self.kh
             && self.w + 2 * self.pad >= self.kw;
         if ok {
