@@ -528,28 +528,24 @@ impl<E: Engine> Model<E> {
     /// Host copy of a named activation (a row's output), e.g. "fc7" for feature-space
     /// neighbours, "conv1" for inspection. Valid after `forward`.
     pub fn activation(&self, e: &E, layer: &str) -> Result<Vec<f32>> {
-        let s = self
-            .steps
-            .iter()
-            .rev()
-            .find(|s| s.plan.layer.name == layer)
-            .ok_or_else(|| Error::Config(format!("no layer named {layer}")))?;
-        let buf = &self.acts[s.output];
-        let mut out = vec![0.0; e.buf_len(buf)];
-        e.download(buf, &mut out)?;
-        Ok(out)
+        self.download_row_output(e, &self.acts, layer)
     }
 
     /// Host copy of the gradient of the loss with respect to a named row's output, after
     /// `backward` (for locating where two engines part ways).
     pub fn output_grad(&self, e: &E, layer: &str) -> Result<Vec<f32>> {
+        self.download_row_output(e, &self.grads, layer)
+    }
+
+    fn download_row_output(&self, e: &E, bufs: &[E::Buf], layer: &str) -> Result<Vec<f32>> {
+        // In-place rows share their input's buffer: the last row of that name owns the value.
         let s = self
             .steps
             .iter()
             .rev()
             .find(|s| s.plan.layer.name == layer)
             .ok_or_else(|| Error::Config(format!("no layer named {layer}")))?;
-        let buf = &self.grads[s.output];
+        let buf = &bufs[s.output];
         let mut out = vec![0.0; e.buf_len(buf)];
         e.download(buf, &mut out)?;
         Ok(out)

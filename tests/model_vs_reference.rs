@@ -35,19 +35,7 @@ fn reference_net(
         param_index.push(next_param);
         x = match p.layer.kind {
             Kind::Conv { .. } => {
-                let c = p.conv.unwrap();
-                let s = r::Conv2d {
-                    n,
-                    c_in: c.c_in,
-                    h: c.h,
-                    w: c.w,
-                    c_out: c.c_out,
-                    kh: c.kh,
-                    kw: c.kw,
-                    stride: c.stride,
-                    pad: c.pad,
-                    groups: c.groups,
-                };
+                let s = conv_of(p, n);
                 next_param += 2;
                 r::conv2d_forward(&s, &x, &p64[next_param - 2], &p64[next_param - 1])
             }
@@ -82,19 +70,7 @@ fn reference_net(
         let x = &inputs[row];
         dy = match p.layer.kind {
             Kind::Conv { .. } => {
-                let c = p.conv.unwrap();
-                let s = r::Conv2d {
-                    n,
-                    c_in: c.c_in,
-                    h: c.h,
-                    w: c.w,
-                    c_out: c.c_out,
-                    kh: c.kh,
-                    kw: c.kw,
-                    stride: c.stride,
-                    pad: c.pad,
-                    groups: c.groups,
-                };
+                let s = conv_of(p, n);
                 let (dx, dw, db) = r::conv2d_backward(&s, x, &p64[param_index[row]], &dy);
                 grads[param_index[row]] = dw;
                 grads[param_index[row] + 1] = db;
@@ -120,6 +96,22 @@ fn reference_net(
         };
     }
     (loss, grads)
+}
+
+fn conv_of(p: &alexnet::arch::PlannedLayer, n: usize) -> r::Conv2d {
+    let c = p.conv.unwrap();
+    r::Conv2d {
+        n,
+        c_in: c.c_in,
+        h: c.h,
+        w: c.w,
+        c_out: c.c_out,
+        kh: c.kh,
+        kw: c.kw,
+        stride: c.stride,
+        pad: c.pad,
+        groups: c.groups,
+    }
 }
 
 fn lrn_of(p: &alexnet::arch::PlannedLayer, n: usize, l: &alexnet::engine::LrnParams) -> r::Lrn {
