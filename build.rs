@@ -1,10 +1,37 @@
-//! Without the `cuda` feature this does nothing. With it: compiles `csrc/*.cu` with nvcc (through
-//! `cc`), generates the FFI bindings from `csrc/alexnet_cuda.h` with bindgen, and links cudart
-//! statically and cuBLAS dynamically (with an rpath to the toolkit's lib dir).
+//! Always (on x86_64 targets): compiles the CPU engine's AVX2/FMA sgemm, `csrc/sgemm_avx2.c`,
+//! with the system C compiler (through `cc`). With the `cuda` feature also: compiles `csrc/*.cu`
+//! with nvcc (through `cc`), generates the FFI bindings from `csrc/alexnet_cuda.h` with bindgen,
+//! and links cudart statically and cuBLAS dynamically (with an rpath to the toolkit's lib dir).
 
 fn main() {
+    // First: the CUDA step below sets NVCC in this process's environment.
+    sgemm_avx2();
     #[cfg(feature = "cuda")]
     cuda::build();
+}
+
+/// `csrc/sgemm_avx2.c` into the static library `alexnet_sgemm_avx2`, for x86_64 targets only (the
+/// build script's own `cfg` is the host's, so read the target's from cargo). `-mavx2 -mfma` apply
+/// to this file alone; `src/engine/cpu/gemm.rs` calls it only on CPUs that have both.
+fn sgemm_avx2() {
+    println!("cargo:rerun-if-changed=csrc/sgemm_avx2.c");
+    println!("cargo:rerun-if-changed=csrc/sgemm_avx2.h");
+    if std::env::var("CARGO_CFG_TARGET_ARCH").as_deref() != Ok("x86_64") {
+        return;
+    }
+    let mut build = cc::Build::new();
+    build
+        .file("csrc/sgemm_avx2.c")
+        .include("csrc")
+        // Whatever the cargo profile: the kernel is the point of this library.
+        .opt_level(3)
+        .warnings(true);
+    if build.get_compiler().is_like_msvc() {
+        build.flag("/arch:AVX2");
+    } else {
+        build.flag("-std=c11").flag("-mavx2").flag("-mfma");
+    }
+    build.compile("alexnet_sgemm_avx2");
 }
 
 #[cfg(feature = "cuda")]

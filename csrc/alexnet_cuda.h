@@ -53,6 +53,13 @@ anc_status anc_upload(anc_ctx *ctx, void *dst, const void *src, size_t bytes);
 anc_status anc_download(anc_ctx *ctx, void *dst, const void *src, size_t bytes);
 anc_status anc_copy(anc_ctx *ctx, void *dst, const void *src, size_t bytes);
 anc_status anc_synchronize(anc_ctx *ctx);
+/* Lets `device` read and write `peer`'s memory directly (NVLink/PCIe peer copies). *enabled = 0
+   where the pair cannot (copies then stage through host memory); not an error. */
+anc_status anc_enable_peer(int device, int peer, int *enabled);
+/* count blocks of width bytes, src at spitch, dst at dpitch; src may be on another device (UVA).
+   Queued on ctx's stream (the destination's). */
+anc_status anc_copy_2d(anc_ctx *ctx, void *dst, size_t dpitch, const void *src, size_t spitch,
+                       size_t width, size_t count);
 
 /* ---- pointwise ---- */
 anc_status anc_fill(anc_ctx *ctx, float *x, size_t n, float value);
@@ -61,8 +68,12 @@ anc_status anc_relu_forward(anc_ctx *ctx, float *x, size_t n);
 anc_status anc_relu_backward(anc_ctx *ctx, const float *y, float *dy, size_t n);
 anc_status anc_tanh_forward(anc_ctx *ctx, float *x, size_t n);
 anc_status anc_tanh_backward(anc_ctx *ctx, const float *y, float *dy, size_t n);
-/* x[i] = keep(seed, i, p) ? x[i] * keep_scale : 0, keep = SplitMix64 rule of src/rng.rs */
-anc_status anc_dropout(anc_ctx *ctx, float *x, size_t n, float p, float keep_scale, uint64_t seed);
+/* x[i] = keep(seed, idx(i), p) ? x[i] * keep_scale : 0, keep = SplitMix64 rule of src/rng.rs,
+   idx(i) = (i / width) * total + offset + i % width (a column's slice of the layer's mask) */
+anc_status anc_dropout(anc_ctx *ctx, float *x, size_t n, float p, float keep_scale, uint64_t seed,
+                       size_t width, size_t total, size_t offset);
+/* dst += src */
+anc_status anc_add(anc_ctx *ctx, float *dst, const float *src, size_t n);
 /* v = momentum*v - weight_decay*lr*w - lr*dw ; w = w + v */
 anc_status anc_sgd_update(anc_ctx *ctx, float *w, const float *dw, float *v, size_t n, float lr,
                           float momentum, float weight_decay);

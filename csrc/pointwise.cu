@@ -43,9 +43,18 @@ __device__ inline bool anc_dropout_keep(uint64_t seed, uint64_t index, float p) 
     return u >= p;
 }
 
-// x[i] = keep(i) ? x[i] * keep_scale : 0
-__global__ void dropout_kernel(float *x, size_t n, float p, float keep_scale, uint64_t seed) {
-    GRID_STRIDE(i, n) x[i] = anc_dropout_keep(seed, (uint64_t)i, p) ? x[i] * keep_scale : 0.0f;
+// x[i] = keep(idx(i)) ? x[i] * keep_scale : 0, idx(i) = (i / width) * total + offset + i % width
+__global__ void dropout_kernel(float *x, size_t n, float p, float keep_scale, uint64_t seed,
+                               size_t width, size_t total, size_t offset) {
+    GRID_STRIDE(i, n) {
+        uint64_t index = (uint64_t)((i / width) * total + offset + i % width);
+        x[i] = anc_dropout_keep(seed, index, p) ? x[i] * keep_scale : 0.0f;
+    }
+}
+
+// dst += src
+__global__ void add_kernel(float *dst, const float *src, size_t n) {
+    GRID_STRIDE(i, n) dst[i] += src[i];
 }
 
 // v = momentum*v - weight_decay*lr*w - lr*dw ; w = w + v
@@ -107,11 +116,20 @@ extern "C" anc_status anc_tanh_backward(anc_ctx *ctx, const float *y, float *dy,
 }
 
 extern "C" anc_status anc_dropout(anc_ctx *ctx, float *x, size_t n, float p, float keep_scale,
-                                  uint64_t seed) {
+                                  uint64_t seed, size_t width, size_t total, size_t offset) {
     if (n == 0) return anc_ok();
     ENTER(ctx);
-    dropout_kernel<<<anc_blocks(n), ANC_THREADS, 0, ctx->stream>>>(x, n, p, keep_scale, seed);
+    dropout_kernel<<<anc_blocks(n), ANC_THREADS, 0, ctx->stream>>>(x, n, p, keep_scale, seed,
+                                                                     width, total, offset);
     LAUNCH_CHECK("dropout");
+    return anc_ok();
+}
+
+extern "C" anc_status anc_add(anc_ctx *ctx, float *dst, const float *src, size_t n) {
+    if (n == 0) return anc_ok();
+    ENTER(ctx);
+    add_kernel<<<anc_blocks(n), ANC_THREADS, 0, ctx->stream>>>(dst, src, n);
+    LAUNCH_CHECK("add");
     return anc_ok();
 }
 

@@ -132,6 +132,35 @@ extern "C" anc_status anc_copy(anc_ctx *ctx, void *dst, const void *src, size_t 
     return anc_ok();
 }
 
+extern "C" anc_status anc_enable_peer(int device, int peer, int *enabled) {
+    *enabled = 0;
+    if (device == peer) return anc_ok();
+    int can = 0;
+    CUDA_TRY("cudaDeviceCanAccessPeer", cudaDeviceCanAccessPeer(&can, device, peer));
+    if (!can) return anc_ok();
+    CUDA_TRY("cudaSetDevice", cudaSetDevice(device));
+    cudaError_t e = cudaDeviceEnablePeerAccess(peer, 0);
+    if (e == cudaErrorPeerAccessAlreadyEnabled) {
+        cudaGetLastError(); // clear the sticky "already enabled" so later checks do not see it
+    } else if (e != cudaSuccess) {
+        return anc_fail(ANC_CUDA, (int)e, "cudaDeviceEnablePeerAccess", cudaGetErrorString(e));
+    }
+    *enabled = 1;
+    return anc_ok();
+}
+
+extern "C" anc_status anc_copy_2d(anc_ctx *ctx, void *dst, size_t dpitch, const void *src,
+                                  size_t spitch, size_t width, size_t count) {
+    if (width == 0 || count == 0) return anc_ok();
+    ENTER(ctx);
+    // cudaMemcpyDefault: with unified addressing the runtime finds each pointer's device and
+    // uses a peer copy where peer access is enabled (anc_enable_peer), else stages through host.
+    CUDA_TRY("cudaMemcpy2DAsync(peer)",
+             cudaMemcpy2DAsync(dst, dpitch, src, spitch, width, count, cudaMemcpyDefault,
+                               ctx->stream));
+    return anc_ok();
+}
+
 extern "C" anc_status anc_synchronize(anc_ctx *ctx) {
     ENTER(ctx);
     CUDA_TRY("cudaStreamSynchronize", cudaStreamSynchronize(ctx->stream));

@@ -188,6 +188,11 @@ EOF
         "$PACK/bin/alexnet-cli" bench --help 2>/dev/null | grep -q -- '--batch-size' && batch_flag=--batch-size
         step "bench alexnet-rs cuda b128" "$logs/bench-rust.log" 120 \
             "$PACK/bin/alexnet-cli" bench --device cuda "$batch_flag" 128 --steps 20
+        # Model parallelism: the two columns on two engines (two GPUs, or two streams of one).
+        if "$PACK/bin/alexnet-cli" bench --help 2>/dev/null | grep -q -- '--gpus'; then
+            step "bench alexnet-rs cuda --gpus 2" "$logs/bench-rust-gpus2.log" 120 \
+                "$PACK/bin/alexnet-cli" bench --device cuda --gpus 2 "$batch_flag" 128 --steps 20
+        fi
     else
         SUMMARY+=("$(printf '%-28s %-8s %s' "bench alexnet-rs cuda b128" "SKIPPED" "alexnet-cli not packed")")
     fi

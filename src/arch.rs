@@ -41,6 +41,14 @@ pub struct Layer {
     pub reads_all_columns: bool,
 }
 
+/// The layers whose columns read every column of their input in the paper (Figure 2): the only
+/// places where its two GPUs exchange activations.
+pub const PAPER_CROSS_COLUMN: [&str; 4] = ["conv3", "fc6", "fc7", "fc8"];
+
+fn paper_cross_column() -> Vec<String> {
+    PAPER_CROSS_COLUMN.map(String::from).to_vec()
+}
+
 /// The activation shape after a layer: channels x height x width (FC: `c` units, h = w = 1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Dims {
@@ -85,6 +93,12 @@ pub struct ArchConfig {
     /// true: keep at train time unscaled, multiply by (1-p) at test time (the paper, Section
     /// 4.2). false: "inverted" dropout, scale by 1/(1-p) at train time (PyTorch, Caffe).
     pub dropout_paper_scaling: bool,
+    /// Which of conv2..conv5, fc6..fc8 read all columns of their input (the rest read only
+    /// their own column; conv1 reads the image). The paper: "choosing the pattern of
+    /// connectivity is a problem for cross-validation". Fully connected layers always read all
+    /// columns.
+    #[serde(default = "paper_cross_column")]
+    pub cross_column: Vec<String>,
 }
 
 impl Default for ArchConfig {
@@ -100,6 +114,7 @@ impl Default for ArchConfig {
             lrn_alpha_over_n: false,
             dropout: 0.5,
             dropout_paper_scaling: true,
+            cross_column: paper_cross_column(),
         }
     }
 }
@@ -115,17 +130,27 @@ impl ArchConfig {
         }
     }
 
+    /// How many columns (the paper's GPUs) every layer is split into.
+    pub fn columns(&self) -> usize {
+        match self.preset {
+            Preset::Paper => 2,
+            Preset::OneColumn => 1,
+        }
+    }
+
     /// The layer table for this config.
     pub fn layers(&self) -> Vec<Layer> {
-        let (c1, c2, c3, c4, cols) = match self.preset {
-            Preset::Paper => (96, 256, 384, 384, 2),
-            Preset::OneColumn => (48, 128, 192, 192, 1),
+        let (c1, c2, c3, c4) = match self.preset {
+            Preset::Paper => (96, 256, 384, 384),
+            Preset::OneColumn => (48, 128, 192, 192),
         };
-        let row = |name: &str, kind: Kind, columns: usize, reads_all: bool| Layer {
+        let cols = self.columns();
+        // conv1 reads the image, which every column sees whole.
+        let row = |name: &str, kind: Kind| Layer {
             name: name.to_string(),
             kind,
-            columns,
-            reads_all_columns: reads_all,
+            columns: cols,
+            reads_all_columns: name == "conv1" || self.cross_column.iter().any(|c| c == name),
         };
         let conv = |out, k, stride, pad| Kind::Conv {
             out,
@@ -135,28 +160,28 @@ impl ArchConfig {
         };
         let pool = Kind::MaxPool { size: 3, stride: 2 };
         vec![
-            row("conv1", conv(c1, 11, 4, 0), cols, true),
-            row("relu1", Kind::Relu, cols, false),
-            row("lrn1", Kind::Lrn, cols, false),
-            row("pool1", pool, cols, false),
-            row("conv2", conv(c2, 5, 1, 2), cols, false),
-            row("relu2", Kind::Relu, cols, false),
-            row("lrn2", Kind::Lrn, cols, false),
-            row("pool2", pool, cols, false),
-            row("conv3", conv(c3, 3, 1, 1), cols, true),
-            row("relu3", Kind::Relu, cols, false),
-            row("conv4", conv(c4, 3, 1, 1), cols, false),
-            row("relu4", Kind::Relu, cols, false),
-            row("conv5", conv(256, 3, 1, 1), cols, false),
-            row("relu5", Kind::Relu, cols, false),
-            row("pool5", pool, cols, false),
-            row("fc6", Kind::Fc { out: 4096 }, 1, true),
-            row("relu6", Kind::Relu, 1, false),
-            row("drop6", Kind::Dropout, 1, false),
-            row("fc7", Kind::Fc { out: 4096 }, 1, true),
-            row("relu7", Kind::Relu, 1, false),
-            row("drop7", Kind::Dropout, 1, false),
-            row("fc8", Kind::Fc { out: self.classes }, 1, true),
+            row("conv1", conv(c1, 11, 4, 0)),
+            row("relu1", Kind::Relu),
+            row("lrn1", Kind::Lrn),
+            row("pool1", pool),
+            row("conv2", conv(c2, 5, 1, 2)),
+            row("relu2", Kind::Relu),
+            row("lrn2", Kind::Lrn),
+            row("pool2", pool),
+            row("conv3", conv(c3, 3, 1, 1)),
+            row("relu3", Kind::Relu),
+            row("conv4", conv(c4, 3, 1, 1)),
+            row("relu4", Kind::Relu),
+            row("conv5", conv(256, 3, 1, 1)),
+            row("relu5", Kind::Relu),
+            row("pool5", pool),
+            row("fc6", Kind::Fc { out: 4096 }),
+            row("relu6", Kind::Relu),
+            row("drop6", Kind::Dropout),
+            row("fc7", Kind::Fc { out: 4096 }),
+            row("relu7", Kind::Relu),
+            row("drop7", Kind::Dropout),
+            row("fc8", Kind::Fc { out: self.classes }),
         ]
     }
 
@@ -175,6 +200,29 @@ impl ArchConfig {
                 self.dropout
             )));
         }
+        let layers = self.layers();
+        for name in &self.cross_column {
+            let known = layers.iter().any(|l| {
+                &l.name == name
+                    && l.name != "conv1"
+                    && matches!(l.kind, Kind::Conv { .. } | Kind::Fc { .. })
+            });
+            if !known {
+                return Err(Error::Config(format!(
+                    "cross-column layer {name:?} is not one of conv2..conv5, fc6..fc8"
+                )));
+            }
+        }
+        if let Some(fc) = layers
+            .iter()
+            .find(|l| l.columns > 1 && matches!(l.kind, Kind::Fc { .. }) && !l.reads_all_columns)
+        {
+            return Err(Error::Config(format!(
+                "{} must read all columns: a fully connected layer that reads only its own \
+                 column has no one-device equivalent here (add it to the cross-column list)",
+                fc.name
+            )));
+        }
         let mut dims = Dims {
             c: 3,
             h: self.input_size,
@@ -182,7 +230,7 @@ impl ArchConfig {
         };
         let mut in_columns = 1;
         let mut out = Vec::new();
-        for layer in self.layers() {
+        for layer in layers {
             let input = dims;
             let too_small = |what: &str| {
                 Error::Config(format!(
@@ -272,6 +320,104 @@ pub struct PlannedLayer {
     pub macs: u64,
     /// For Conv rows, the geometry at batch 1 (set `n` for a batch).
     pub conv: Option<ConvShape>,
+}
+
+impl ArchConfig {
+    /// Column `col`'s share of every row, for running the columns on separate executors
+    /// (Section 3.2): each conv/fc row keeps its slice of the kernels, reads either its own
+    /// column of the previous row's maps or (cross-column rows) all of them, and LRN normalises
+    /// within the column. Executing every column's rows and gathering at the cross-column rows
+    /// computes exactly the function of [`ArchConfig::plan`].
+    pub fn column_plan(&self, col: usize) -> Result<Vec<ColumnRow>> {
+        let cols = self.columns();
+        if col >= cols {
+            return Err(Error::Config(format!(
+                "column {col} of a {cols}-column network"
+            )));
+        }
+        let mut in_columns = 1; // the image: every column reads it whole
+        let mut rows = Vec::new();
+        for p in self.plan()? {
+            let weighted = matches!(p.layer.kind, Kind::Conv { .. } | Kind::Fc { .. });
+            let gather = weighted && p.layer.reads_all_columns && in_columns > 1;
+            let input = if gather || in_columns == 1 {
+                p.input
+            } else {
+                Dims {
+                    c: column_range(p.input.c, col, in_columns).len(),
+                    ..p.input
+                }
+            };
+            let out = column_range(p.output.c, col, p.layer.columns);
+            let output = Dims {
+                c: out.len(),
+                ..p.output
+            };
+            let conv = p.conv.map(|c| ConvShape {
+                c_in: input.c,
+                c_out: out.len(),
+                groups: 1,
+                ..c
+            });
+            let (params, macs) = match (p.layer.kind, conv) {
+                (Kind::Conv { .. }, Some(c)) => ((c.w_len() + c.c_out) as u64, c.macs()),
+                (Kind::Fc { .. }, _) => (
+                    ((input.len() + 1) * out.len()) as u64,
+                    (input.len() * out.len()) as u64,
+                ),
+                _ => (0, 0),
+            };
+            in_columns = p.layer.columns;
+            rows.push(ColumnRow {
+                plan: PlannedLayer {
+                    // Within one column there is one column (LRN windows stop at its edges).
+                    layer: Layer {
+                        columns: 1,
+                        ..p.layer
+                    },
+                    input,
+                    output,
+                    params,
+                    macs,
+                    conv,
+                },
+                out_total: p.output.c,
+                out,
+                gather,
+            });
+        }
+        Ok(rows)
+    }
+}
+
+/// Channels (units) `c * col / cols .. c * (col + 1) / cols`: column `col`'s share of `c`.
+pub fn column_range(c: usize, col: usize, cols: usize) -> std::ops::Range<usize> {
+    c * col / cols..c * (col + 1) / cols
+}
+
+/// A row as one executor runs it: the whole row (one device) or one column's share of it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ColumnRow {
+    /// The row with this executor's shapes.
+    pub plan: PlannedLayer,
+    /// This executor's output channels (units) among the whole row's `out_total`.
+    pub out: std::ops::Range<usize>,
+    pub out_total: usize,
+    /// The input is every column's previous output, concatenated along channels: the
+    /// activations cross between executors here (forward) and the gradients back (backward).
+    pub gather: bool,
+}
+
+impl ColumnRow {
+    /// A whole row, as the one-device model runs it.
+    pub fn whole(plan: PlannedLayer) -> ColumnRow {
+        ColumnRow {
+            out: 0..plan.output.c,
+            out_total: plan.output.c,
+            gather: false,
+            plan,
+        }
+    }
 }
 
 /// The summary table `alexnet-cli summary` prints.
@@ -421,6 +567,54 @@ mod tests {
         );
         let macs: u64 = plan.iter().map(|p| p.macs).sum();
         assert!((2.0 * macs as f64 / 1e9 - 1.45).abs() < 0.01, "{macs}");
+    }
+
+    #[test]
+    fn columns_split_every_layer_and_add_up_to_the_whole() {
+        let cfg = ArchConfig::default();
+        let whole = cfg.plan().unwrap();
+        let cols = [cfg.column_plan(0).unwrap(), cfg.column_plan(1).unwrap()];
+        for (i, p) in whole.iter().enumerate() {
+            let (a, b) = (&cols[0][i], &cols[1][i]);
+            assert_eq!(a.plan.params + b.plan.params, p.params, "{}", p.layer.name);
+            assert_eq!(a.plan.macs + b.plan.macs, p.macs, "{}", p.layer.name);
+            assert_eq!(a.out.end, b.out.start);
+            assert_eq!(b.out.end, p.output.c);
+        }
+        let gathers: Vec<&str> = cols[0]
+            .iter()
+            .filter(|r| r.gather)
+            .map(|r| r.plan.layer.name.as_str())
+            .collect();
+        assert_eq!(gathers, PAPER_CROSS_COLUMN);
+        let conv2 = cols[0]
+            .iter()
+            .find(|r| r.plan.layer.name == "conv2")
+            .unwrap();
+        assert_eq!((conv2.plan.input.c, conv2.plan.output.c), (48, 128));
+    }
+
+    #[test]
+    fn connectivity_is_data() {
+        let cfg = ArchConfig {
+            cross_column: ["conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8"]
+                .map(String::from)
+                .to_vec(),
+            ..Default::default()
+        };
+        let plan = cfg.plan().unwrap();
+        let conv4 = plan.iter().find(|p| p.layer.name == "conv4").unwrap();
+        assert_eq!(conv4.conv.unwrap().groups, 1);
+        let fc_own = ArchConfig {
+            cross_column: vec!["conv3".into()],
+            ..Default::default()
+        };
+        assert!(fc_own.plan().unwrap_err().to_string().contains("fc6"));
+        let unknown = ArchConfig {
+            cross_column: vec!["conv9".into()],
+            ..Default::default()
+        };
+        assert!(unknown.plan().is_err());
     }
 
     #[test]

@@ -10,7 +10,7 @@ use crate::data::{centre_crop, load_image_file, ten_crops, Dataset, Stats};
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::metrics::{average_probs, top_k, topk_errors, ClassAccuracy};
-use crate::model::Model;
+use crate::parallel::Network;
 
 #[derive(Clone, Debug)]
 pub struct EvalOptions {
@@ -35,19 +35,19 @@ pub struct EvalResult {
 
 /// Evaluates one model on every image of `ds`.
 pub fn evaluate<E: Engine>(
-    e: &E,
-    model: &mut Model<E>,
+    engines: &[E],
+    model: &mut Network<E>,
     ds: &dyn Dataset,
     stats: &Stats,
     opts: &EvalOptions,
 ) -> Result<EvalResult> {
-    evaluate_ensemble(e, std::slice::from_mut(model), ds, stats, opts)
+    evaluate_ensemble(engines, std::slice::from_mut(model), ds, stats, opts)
 }
 
 /// Evaluates the average of the models' softmax outputs (the paper's 5- and 7-CNN ensembles).
 pub fn evaluate_ensemble<E: Engine>(
-    e: &E,
-    models: &mut [Model<E>],
+    engines: &[E],
+    models: &mut [Network<E>],
     ds: &dyn Dataset,
     stats: &Stats,
     opts: &EvalOptions,
@@ -55,15 +55,15 @@ pub fn evaluate_ensemble<E: Engine>(
     let first = models
         .first()
         .ok_or_else(|| Error::Config("no model to evaluate".into()))?;
-    let (classes, crop) = (first.classes(), first.cfg.input_size);
+    let (classes, crop) = (first.cfg().classes, first.cfg().input_size);
     if let Some(m) = models
         .iter()
-        .find(|m| m.classes() != classes || m.cfg.input_size != crop)
+        .find(|m| m.cfg().classes != classes || m.cfg().input_size != crop)
     {
         return Err(Error::Config(format!(
             "ensemble members disagree: {} classes at {}px vs {classes} at {crop}px",
-            m.classes(),
-            m.cfg.input_size
+            m.cfg().classes,
+            m.cfg().input_size
         )));
     }
     if ds.classes() != classes {
@@ -111,7 +111,7 @@ pub fn evaluate_ensemble<E: Engine>(
         for ((px, _), out) in images.iter().zip(centre.chunks_mut(crop_len)) {
             centre_crop(px, side, crop, stats, out);
         }
-        let probs = ensemble_probs(e, models, &centre, n)?;
+        let probs = ensemble_probs(engines, models, &centre, n)?;
         err1 += topk_errors(&probs, classes, &labels, 1);
         err5 += topk_errors(&probs, classes, &labels, k5);
 
@@ -120,7 +120,7 @@ pub fn evaluate_ensemble<E: Engine>(
             for ((px, _), out) in images.iter().zip(crops.chunks_mut(10 * crop_len)) {
                 ten_crops(px, side, crop, stats, out);
             }
-            let per_crop = ensemble_probs(e, models, &crops, n * 10)?;
+            let per_crop = ensemble_probs(engines, models, &crops, n * 10)?;
             // Average each image's ten rows.
             let averaged: Vec<f32> = per_crop
                 .chunks(10 * classes)
@@ -151,16 +151,16 @@ pub fn evaluate_ensemble<E: Engine>(
 
 /// Mean softmax over the ensemble for `n` preprocessed images.
 fn ensemble_probs<E: Engine>(
-    e: &E,
-    models: &mut [Model<E>],
+    engines: &[E],
+    models: &mut [Network<E>],
     images: &[f32],
     n: usize,
 ) -> Result<Vec<f32>> {
     let mut outs = Vec::with_capacity(models.len());
     for m in models.iter_mut() {
-        m.set_batch(e, n)?;
-        m.forward(e, images, None)?;
-        outs.push(m.probabilities(e)?);
+        m.set_batch(engines, n)?;
+        m.forward(engines, images, None)?;
+        outs.push(m.probabilities(engines)?);
     }
     let sets: Vec<&[f32]> = outs.iter().map(|v| v.as_slice()).collect();
     Ok(average_probs(&sets))
@@ -177,8 +177,8 @@ pub struct Prediction {
 /// average, exactly as evaluation does. A file that cannot be read is an error for that file
 /// only.
 pub fn predict_files<E: Engine>(
-    e: &E,
-    models: &mut [Model<E>],
+    engines: &[E],
+    models: &mut [Network<E>],
     class_names: &[String],
     stats: &Stats,
     paths: &[PathBuf],
@@ -187,13 +187,13 @@ pub fn predict_files<E: Engine>(
 ) -> Vec<Result<Prediction>> {
     paths
         .iter()
-        .map(|path| predict_one(e, models, class_names, stats, path, ten_crop, k))
+        .map(|path| predict_one(engines, models, class_names, stats, path, ten_crop, k))
         .collect()
 }
 
 fn predict_one<E: Engine>(
-    e: &E,
-    models: &mut [Model<E>],
+    engines: &[E],
+    models: &mut [Network<E>],
     class_names: &[String],
     stats: &Stats,
     path: &Path,
@@ -203,21 +203,21 @@ fn predict_one<E: Engine>(
     let crop = models
         .first()
         .ok_or_else(|| Error::Config("no model".into()))?
-        .cfg
+        .cfg()
         .input_size;
     let px = load_image_file(path, stats.side)?;
     let crop_len = 3 * crop * crop;
     let probs = if ten_crop {
         let mut crops = vec![0.0f32; 10 * crop_len];
         ten_crops(&px, stats.side, crop, stats, &mut crops);
-        let rows = ensemble_probs(e, models, &crops, 10)?;
+        let rows = ensemble_probs(engines, models, &crops, 10)?;
         let classes = rows.len() / 10;
         let sets: Vec<&[f32]> = rows.chunks(classes).collect();
         average_probs(&sets)
     } else {
         let mut one = vec![0.0f32; crop_len];
         centre_crop(&px, stats.side, crop, stats, &mut one);
-        ensemble_probs(e, models, &one, 1)?
+        ensemble_probs(engines, models, &one, 1)?
     };
     let top = top_k(&probs, k)
         .into_iter()

@@ -2,8 +2,8 @@
 //! backward and the paper's SGD step. One device; the two columns are expressed as groups (conv)
 //! and per-column windows (LRN), so this computes exactly the paper's two-GPU function.
 
-use crate::arch::{ArchConfig, Kind, PlannedLayer};
-use crate::engine::{ConvShape, Engine, FcShape, LrnShape, PoolShape};
+use crate::arch::{ArchConfig, ColumnRow, Kind};
+use crate::engine::{ConvShape, Engine, FcShape, LrnShape, MaskSlice, PoolShape};
 use crate::error::{Error, Result};
 use crate::rng::{hash, Rng};
 
@@ -58,11 +58,12 @@ impl<B> Param<B> {
 }
 
 /// What a row of the plan does at batch size `n`, with its buffers resolved.
-struct Step {
-    plan: PlannedLayer,
-    /// Index into `acts` of this row's input and output (equal for in-place rows).
-    input: usize,
-    output: usize,
+pub(crate) struct Step {
+    pub(crate) row: ColumnRow,
+    /// Index into `acts` of this row's input and output (equal for in-place rows). A gathering
+    /// row's input is its own buffer, filled from every column by the caller.
+    pub(crate) input: usize,
+    pub(crate) output: usize,
     /// For Conv/Fc rows: index of the weight in `params` (the bias follows it).
     param: Option<usize>,
     /// For LRN rows: index into `lrn_scales`.
@@ -72,12 +73,12 @@ struct Step {
 pub struct Model<E: Engine> {
     pub cfg: ArchConfig,
     pub params: Vec<Param<E::Buf>>,
-    steps: Vec<Step>,
+    pub(crate) steps: Vec<Step>,
     /// Batch size the activation buffers are sized for.
     batch: usize,
     /// acts[0] is the input batch; activation gradients mirror it.
-    acts: Vec<E::Buf>,
-    grads: Vec<E::Buf>,
+    pub(crate) acts: Vec<E::Buf>,
+    pub(crate) grads: Vec<E::Buf>,
     /// Per-sample sizes of `acts` (so they can be re-sized for another batch).
     act_sizes: Vec<usize>,
     lrn_scales: Vec<E::Buf>,
@@ -89,13 +90,44 @@ pub struct Model<E: Engine> {
 impl<E: Engine> Model<E> {
     /// Builds the network for batches of `batch` images and initialises its parameters.
     pub fn new(e: &E, cfg: ArchConfig, init: Init, seed: u64, batch: usize) -> Result<Self> {
-        let plan = cfg.plan()?;
+        let rows = cfg.plan()?.into_iter().map(ColumnRow::whole).collect();
+        Self::build(e, cfg, rows, init, seed, batch)
+    }
+
+    /// Column `col`'s share of the network (its slice of every layer's kernels, initialised to
+    /// exactly its slice of [`Model::new`]'s parameters), for model parallelism.
+    pub(crate) fn column(
+        e: &E,
+        cfg: ArchConfig,
+        col: usize,
+        init: Init,
+        seed: u64,
+        batch: usize,
+    ) -> Result<Self> {
+        let rows = cfg.column_plan(col)?;
+        Self::build(e, cfg, rows, init, seed, batch)
+    }
+
+    fn build(
+        e: &E,
+        cfg: ArchConfig,
+        rows: Vec<ColumnRow>,
+        init: Init,
+        seed: u64,
+        batch: usize,
+    ) -> Result<Self> {
         let mut params = Vec::new();
         let mut steps = Vec::new();
         let mut act_sizes = vec![3 * cfg.input_size * cfg.input_size];
         let mut lrn_count = 0;
-        for p in plan {
-            let input = act_sizes.len() - 1;
+        for row in rows {
+            let p = &row.plan;
+            let input = if row.gather {
+                act_sizes.push(p.input.len());
+                act_sizes.len() - 1
+            } else {
+                act_sizes.len() - 1
+            };
             let in_place = matches!(p.layer.kind, Kind::Relu | Kind::Dropout);
             let output = if in_place {
                 input
@@ -137,7 +169,7 @@ impl<E: Engine> Model<E> {
                 None
             };
             steps.push(Step {
-                plan: p,
+                row,
                 input,
                 output,
                 param,
@@ -187,7 +219,7 @@ impl<E: Engine> Model<E> {
         }
         for s in &self.steps {
             if s.scale.is_some() {
-                self.lrn_scales.push(e.alloc(n * s.plan.output.len())?);
+                self.lrn_scales.push(e.alloc(n * s.row.plan.output.len())?);
             }
         }
         self.probs = e.alloc(n * self.cfg.classes)?;
@@ -196,9 +228,21 @@ impl<E: Engine> Model<E> {
     }
 
     /// Section 5's initialisation (or Caffe's), from `seed`; each parameter has its own stream.
+    /// A column draws exactly its rows of the whole layer's tensor (the stream is skipped ahead
+    /// to its first row), so one- and two-executor runs start from the same weights.
     pub fn initialise(&mut self, e: &E, init: Init, seed: u64) -> Result<()> {
         let root = Rng::new(seed);
+        let first_rows: Vec<(usize, usize)> = self
+            .steps
+            .iter()
+            .filter_map(|s| s.param.map(|w| (w, s.row.out.start)))
+            .collect();
         for (i, p) in self.params.iter_mut().enumerate() {
+            let first_row = first_rows
+                .iter()
+                .find(|&&(w, _)| w == i || w + 1 == i)
+                .map_or(0, |&(_, r)| r);
+            let per_row = p.len() / p.shape[0].max(1);
             let layer = p.name.split('.').next().unwrap_or("");
             let hidden_fc = layer == "fc6" || layer == "fc7";
             let values: Vec<f32> = if p.is_bias {
@@ -215,6 +259,7 @@ impl<E: Engine> Model<E> {
                     _ => 0.01,
                 };
                 let mut rng = root.fork(i as u64);
+                rng.skip_normals((first_row * per_row) as u64);
                 (0..p.len()).map(|_| (rng.normal() * std) as f32).collect()
             };
             e.upload(&mut p.value, &values)?;
@@ -224,7 +269,7 @@ impl<E: Engine> Model<E> {
     }
 
     fn conv_shape(&self, s: &Step) -> ConvShape {
-        let mut c = s.plan.conv.expect("conv rows carry their geometry");
+        let mut c = s.row.plan.conv.expect("conv rows carry their geometry");
         c.n = self.batch;
         c
     }
@@ -232,22 +277,22 @@ impl<E: Engine> Model<E> {
     fn lrn_shape(&self, s: &Step) -> LrnShape {
         LrnShape {
             n: self.batch,
-            c: s.plan.input.c,
-            h: s.plan.input.h,
-            w: s.plan.input.w,
-            groups: s.plan.layer.columns,
+            c: s.row.plan.input.c,
+            h: s.row.plan.input.h,
+            w: s.row.plan.input.w,
+            groups: s.row.plan.layer.columns,
         }
     }
 
     fn pool_shape(&self, s: &Step) -> PoolShape {
-        let Kind::MaxPool { size, stride } = s.plan.layer.kind else {
+        let Kind::MaxPool { size, stride } = s.row.plan.layer.kind else {
             unreachable!("pool_shape on a non-pool row")
         };
         PoolShape {
             n: self.batch,
-            c: s.plan.input.c,
-            h: s.plan.input.h,
-            w: s.plan.input.w,
+            c: s.row.plan.input.c,
+            h: s.row.plan.input.h,
+            w: s.row.plan.input.w,
             size,
             stride,
         }
@@ -256,8 +301,19 @@ impl<E: Engine> Model<E> {
     fn fc_shape(&self, s: &Step) -> FcShape {
         FcShape {
             n: self.batch,
-            d_in: s.plan.input.len(),
-            d_out: s.plan.output.len(),
+            d_in: s.row.plan.input.len(),
+            d_out: s.row.plan.output.len(),
+        }
+    }
+
+    /// The part of row `row`'s dropout mask this model holds, at training step `step_seed`.
+    fn mask(&self, step_seed: u64, row: usize) -> MaskSlice {
+        let r = &self.steps[row].row;
+        MaskSlice {
+            seed: Self::dropout_seed(step_seed, row),
+            width: r.out.len(),
+            total: r.out_total,
+            offset: r.out.start,
         }
     }
 
@@ -278,6 +334,15 @@ impl<E: Engine> Model<E> {
     /// logits[N,classes] = net(images[N,3,S,S]). `train_seed`: Some(seed) = training mode with
     /// dropout masks drawn from that seed; None = test mode.
     pub fn forward(&mut self, e: &E, images: &[f32], train_seed: Option<u64>) -> Result<()> {
+        self.upload_input(e, images)?;
+        for row in 0..self.steps.len() {
+            self.forward_row(e, row, train_seed)?;
+        }
+        Ok(())
+    }
+
+    /// Checks the batch of images against the input shape and uploads it.
+    pub(crate) fn upload_input(&mut self, e: &E, images: &[f32]) -> Result<()> {
         let want = self.batch * self.act_sizes[0];
         if images.len() != want {
             return Err(Error::shape(
@@ -291,14 +356,18 @@ impl<E: Engine> Model<E> {
                 ),
             ));
         }
-        e.upload(&mut self.acts[0], images)?;
+        e.upload(&mut self.acts[0], images)
+    }
+
+    /// Runs row `row` forward (its input already in place).
+    pub(crate) fn forward_row(&mut self, e: &E, row: usize, train_seed: Option<u64>) -> Result<()> {
         let keep_scale = self.dropout_keep_scale();
         let lrn = self.cfg.lrn();
-        for row in 0..self.steps.len() {
+        {
             let started = self.profile.is_some().then(std::time::Instant::now);
             let s = &self.steps[row];
             let (input, output) = (s.input, s.output);
-            match s.plan.layer.kind {
+            match s.row.plan.layer.kind {
                 Kind::Conv { .. } => {
                     let shape = self.conv_shape(s);
                     let w = s.param.expect("conv rows own parameters");
@@ -336,12 +405,15 @@ impl<E: Engine> Model<E> {
                     e.maxpool_forward(&shape, x, y)?;
                 }
                 Kind::Dropout => match train_seed {
-                    Some(seed) if self.cfg.dropout > 0.0 => e.dropout_forward(
-                        &mut self.acts[output],
-                        self.cfg.dropout,
-                        keep_scale,
-                        Self::dropout_seed(seed, row),
-                    )?,
+                    Some(seed) if self.cfg.dropout > 0.0 => {
+                        let mask = self.mask(seed, row);
+                        e.dropout_forward(
+                            &mut self.acts[output],
+                            self.cfg.dropout,
+                            keep_scale,
+                            &mask,
+                        )?
+                    }
                     None if self.cfg.dropout_paper_scaling && self.cfg.dropout > 0.0 => {
                         // Section 4.2: "at test time, we use all the neurons but multiply
                         // their outputs by 0.5".
@@ -375,27 +447,14 @@ impl<E: Engine> Model<E> {
         self.steps
             .iter()
             .zip(p)
-            .map(|(s, &(f, b))| (s.plan.layer.name.clone(), f, b, s.plan.macs))
+            .map(|(s, &(f, b))| (s.row.plan.layer.name.clone(), f, b, s.row.plan.macs))
             .collect()
     }
 
     /// Softmax cross-entropy of the last forward against `labels`, then gradients of every
     /// parameter (averaged over the batch). `train_seed` must be the forward's.
     pub fn backward(&mut self, e: &E, labels: &[u32], train_seed: Option<u64>) -> Result<f32> {
-        if labels.len() != self.batch {
-            return Err(Error::shape(
-                "model labels",
-                format!("{} labels for a batch of {}", labels.len(), self.batch),
-            ));
-        }
-        if let Some(&bad) = labels.iter().find(|&&l| l as usize >= self.cfg.classes) {
-            return Err(Error::Config(format!(
-                "label {bad} is out of range for a {}-class model",
-                self.cfg.classes
-            )));
-        }
-        let keep_scale = self.dropout_keep_scale();
-        let lrn = self.cfg.lrn();
+        check_labels(labels, self.batch, self.cfg.classes)?;
         let last = self.acts.len() - 1;
         let loss = e.softmax_xent(
             self.batch,
@@ -406,12 +465,27 @@ impl<E: Engine> Model<E> {
             &mut self.grads[last],
         )?;
         for row in (0..self.steps.len()).rev() {
+            self.backward_row(e, row, train_seed)?;
+        }
+        Ok(loss)
+    }
+
+    /// Runs row `row` backward (the gradient of its output already in place).
+    pub(crate) fn backward_row(
+        &mut self,
+        e: &E,
+        row: usize,
+        train_seed: Option<u64>,
+    ) -> Result<()> {
+        let keep_scale = self.dropout_keep_scale();
+        let lrn = self.cfg.lrn();
+        {
             let started = self.profile.is_some().then(std::time::Instant::now);
             let s = &self.steps[row];
             let (input, output) = (s.input, s.output);
             // The first layer's input is the image: its gradient is never needed.
             let needs_dx = input != 0;
-            match s.plan.layer.kind {
+            match s.row.plan.layer.kind {
                 Kind::Conv { .. } => {
                     let shape = self.conv_shape(s);
                     let w = s.param.expect("conv rows own parameters");
@@ -465,11 +539,12 @@ impl<E: Engine> Model<E> {
                 }
                 Kind::Dropout => {
                     if let Some(seed) = train_seed.filter(|_| self.cfg.dropout > 0.0) {
+                        let mask = self.mask(seed, row);
                         e.dropout_backward(
                             &mut self.grads[output],
                             self.cfg.dropout,
                             keep_scale,
-                            Self::dropout_seed(seed, row),
+                            &mask,
                         )?;
                     }
                 }
@@ -481,7 +556,7 @@ impl<E: Engine> Model<E> {
                 }
             }
         }
-        Ok(loss)
+        Ok(())
     }
 
     /// The paper's update for every parameter: v = 0.9 v - 0.0005 lr w - lr dL/dw; w += v.
@@ -543,7 +618,7 @@ impl<E: Engine> Model<E> {
             .steps
             .iter()
             .rev()
-            .find(|s| s.plan.layer.name == layer)
+            .find(|s| s.row.plan.layer.name == layer)
             .ok_or_else(|| Error::Config(format!("no layer named {layer}")))?;
         let buf = &bufs[s.output];
         let mut out = vec![0.0; e.buf_len(buf)];
@@ -567,12 +642,15 @@ impl<E: Engine> Model<E> {
         }
         for s in &self.steps {
             if !finite(&self.acts[s.output])? {
-                return Ok(Some(format!("activations of {}", s.plan.layer.name)));
+                return Ok(Some(format!("activations of {}", s.row.plan.layer.name)));
             }
         }
         for s in self.steps.iter().rev() {
             if !finite(&self.grads[s.output])? {
-                return Ok(Some(format!("gradient of {}'s output", s.plan.layer.name)));
+                return Ok(Some(format!(
+                    "gradient of {}'s output",
+                    s.row.plan.layer.name
+                )));
             }
             if let Some(w) = s.param {
                 for p in &self.params[w..w + 2] {
@@ -645,8 +723,24 @@ impl<E: Engine> Model<E> {
     }
 }
 
+/// Labels must be one per image and within the class count.
+pub(crate) fn check_labels(labels: &[u32], batch: usize, classes: usize) -> Result<()> {
+    if labels.len() != batch {
+        return Err(Error::shape(
+            "model labels",
+            format!("{} labels for a batch of {batch}", labels.len()),
+        ));
+    }
+    if let Some(&bad) = labels.iter().find(|&&l| l as usize >= classes) {
+        return Err(Error::Config(format!(
+            "label {bad} is out of range for a {classes}-class model"
+        )));
+    }
+    Ok(())
+}
+
 /// Mutable references to two distinct elements of a slice (input and output buffers of a row).
-fn two<T>(v: &mut [T], a: usize, b: usize) -> (&mut T, &mut T) {
+pub(crate) fn two<T>(v: &mut [T], a: usize, b: usize) -> (&mut T, &mut T) {
     assert_ne!(a, b, "two(): the same element twice");
     if a < b {
         let (lo, hi) = v.split_at_mut(b);

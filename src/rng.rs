@@ -74,6 +74,12 @@ impl Rng {
         (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
     }
 
+    /// Skips the next `n` values of [`Rng::normal`] (each uses two counters), so a slice of a
+    /// long normal stream can be drawn without drawing what comes before it.
+    pub fn skip_normals(&mut self, n: u64) {
+        self.counter += 2 * n;
+    }
+
     /// Fisher-Yates shuffle.
     pub fn shuffle<T>(&mut self, v: &mut [T]) {
         for i in (1..v.len()).rev() {

@@ -15,7 +15,8 @@ use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::eval::{evaluate, EvalOptions};
 use crate::metrics::{topk_errors, EpochRecord, MetricsLog, StepRecord};
-use crate::model::{Init, Model, Sgd};
+use crate::model::{Init, Sgd};
+use crate::parallel::Network;
 use crate::rng::{hash, Rng};
 
 /// `alexnet-cli train` options. Defaults are the paper's (Section 5) except where the built-in
@@ -30,12 +31,13 @@ pub struct TrainArgs {
     #[arg(long)]
     pub steps: Option<u64>,
     /// Passes over the training set. Default: 90 on --data (the paper's "roughly 90 cycles"),
-    /// 4 on the built-in dataset.
+    /// 10 on the built-in dataset.
     #[arg(long)]
     pub epochs: Option<u64>,
-    /// Images per SGD step (the paper: 128).
-    #[arg(long, default_value_t = 128)]
-    pub batch_size: usize,
+    /// Images per SGD step. Default: the paper's 128 with --data; 64 on the built-in dataset
+    /// (its quick demo: twice the SGD steps in the same time).
+    #[arg(long)]
+    pub batch_size: Option<usize>,
     /// Initial learning rate, equal for all layers (the paper: 0.01).
     #[arg(long, default_value_t = 0.01)]
     pub lr: f32,
@@ -62,19 +64,39 @@ pub struct TrainArgs {
     #[arg(long)]
     pub classes: Option<usize>,
     /// Input side in pixels. 227 makes the paper's 55x55 conv1 maps exact; smaller values (>= 67)
-    /// give a proportionally smaller net for quick experiments.
-    #[arg(long, default_value_t = 227)]
-    pub input_size: usize,
+    /// give the same layers on smaller maps. Default: 227 with --data; 99 on the built-in
+    /// dataset (its quick demo: about 1/5 of the FLOPs).
+    #[arg(long)]
+    pub input_size: Option<usize>,
     /// Weight initialisation: `paper` (Section 5) or `caffe` (std 0.005 on fc6/fc7, biases 0.1),
-    /// for when the paper's init leaves the loss flat at ln(classes).
-    #[arg(long, value_enum, default_value_t = InitArg::Paper)]
-    pub init: InitArg,
+    /// for when the paper's init leaves the loss flat at ln(classes). Default: paper with --data;
+    /// caffe on the built-in dataset (its quick demo).
+    #[arg(long, value_enum)]
+    pub init: Option<InitArg>,
     /// Network: `paper` (two columns, Figure 2) or `one-column` (footnote 2's comparison net).
     #[arg(long, value_enum, default_value_t = PresetArg::Paper)]
     pub preset: PresetArg,
-    /// Dropout probability in fc6 and fc7 (the paper: 0.5).
-    #[arg(long, default_value_t = 0.5)]
-    pub dropout: f32,
+    /// Model parallelism as in Section 3.2: run each column (the paper's GPU) on its own GPU,
+    /// N of them (implies --device cuda): GPUs --gpu, --gpu+1, ...; with fewer GPUs than N,
+    /// several columns share one (each on its own stream), with a notice. Activations cross
+    /// between devices only at the cross-column layers. Without it (and --executors), the whole
+    /// net runs on one device: the same function, as groups.
+    #[arg(long, value_name = "N", conflicts_with = "executors")]
+    pub gpus: Option<usize>,
+    /// The same split on N executors of --device (with the CPU engine: N engines sharing the
+    /// cores), e.g. to run the model-parallel path without a GPU.
+    #[arg(long, value_name = "N")]
+    pub executors: Option<usize>,
+    /// The layers whose columns read all columns of their input (the paper: conv3,fc6,fc7,fc8;
+    /// "choosing the pattern of connectivity is a problem for cross-validation"). Any of
+    /// conv2..conv5; the FC layers must stay in the list.
+    #[arg(long, value_delimiter = ',', value_name = "LAYERS")]
+    pub cross_column: Option<Vec<String>>,
+    /// Dropout probability in fc6 and fc7. Default: the paper's 0.5 with --data; 0 on the
+    /// built-in dataset (its quick demo: dropout "roughly doubles the number of iterations
+    /// required to converge", Section 4.2).
+    #[arg(long)]
+    pub dropout: Option<f32>,
     /// Scale kept units by 1/(1-p) while training instead of the paper's multiplying outputs by
     /// (1-p) at test time (PyTorch/Caffe convention).
     #[arg(long)]
@@ -176,7 +198,7 @@ pub fn open_data(args: &TrainArgs) -> Result<TrainData> {
         Some(dir) => open_prepared(dir),
         None => {
             let classes = args.classes.unwrap_or(10);
-            let side = builtin_side(args.input_size);
+            let side = builtin_side(args.input_size());
             let (train, val, stats) = crate::data::synthetic::synthetic_split(
                 classes,
                 args.builtin_train,
@@ -226,6 +248,72 @@ fn open_prepared(dir: &std::path::Path) -> Result<TrainData> {
     })
 }
 
+/// The built-in dataset's quick demo, which the defaults of `train` without --data follow so that
+/// it shows learning within minutes on two cores: the paper's layers at input 99, batches of 64,
+/// Caffe's initialisation (the paper's stays at ln(classes) for hundreds of steps), no dropout,
+/// 10 epochs. Each value is only a default: a flag overrides it.
+pub const DEMO_INPUT_SIZE: usize = 99;
+const DEMO_BATCH_SIZE: usize = 64;
+const DEMO_EPOCHS: u64 = 10;
+
+impl TrainArgs {
+    /// Whether the defaults are the built-in dataset's quick demo (no --data).
+    fn demo(&self) -> bool {
+        self.data.is_none()
+    }
+
+    pub fn input_size(&self) -> usize {
+        let default = if self.demo() { DEMO_INPUT_SIZE } else { 227 };
+        self.input_size.unwrap_or(default)
+    }
+
+    pub fn init(&self) -> InitArg {
+        let default = if self.demo() {
+            InitArg::Caffe
+        } else {
+            InitArg::Paper
+        };
+        self.init.unwrap_or(default)
+    }
+
+    pub fn dropout(&self) -> f32 {
+        self.dropout.unwrap_or(if self.demo() { 0.0 } else { 0.5 })
+    }
+
+    /// How many executors the columns are split over (--gpus or --executors), if split.
+    pub fn split_executors(&self) -> Option<usize> {
+        self.gpus.or(self.executors)
+    }
+
+    pub fn batch_size(&self) -> usize {
+        self.batch_size
+            .unwrap_or(if self.demo() { DEMO_BATCH_SIZE } else { 128 })
+    }
+
+    pub fn epochs(&self) -> u64 {
+        self.epochs
+            .unwrap_or(if self.demo() { DEMO_EPOCHS } else { 90 })
+    }
+
+    /// The demo defaults this run takes (none when every one is set or --data is given).
+    fn demo_defaults(&self) -> Vec<String> {
+        if !self.demo() {
+            return Vec::new();
+        }
+        [
+            (self.input_size.is_none(), "input 99 (paper: 227)"),
+            (self.batch_size.is_none(), "batch 64 (paper: 128)"),
+            (self.init.is_none(), "--init caffe (paper: paper)"),
+            (self.dropout.is_none(), "--dropout 0 (paper: 0.5)"),
+            (self.epochs.is_none(), "10 epochs"),
+        ]
+        .iter()
+        .filter(|(default, _)| *default)
+        .map(|(_, what)| what.to_string())
+        .collect()
+    }
+}
+
 /// The stored side for a crop: the paper's 256 for 227, the same ratio for other inputs.
 pub fn builtin_side(input: usize) -> usize {
     (input * 256).div_ceil(227)
@@ -239,10 +327,14 @@ pub fn arch_from_args(args: &TrainArgs, classes: usize) -> ArchConfig {
             PresetArg::OneColumn => Preset::OneColumn,
         },
         classes,
-        input_size: args.input_size,
+        input_size: args.input_size(),
         lrn_alpha_over_n: args.lrn_alpha_over_n,
-        dropout: args.dropout,
+        dropout: args.dropout(),
         dropout_paper_scaling: !args.inverted_dropout,
+        cross_column: args
+            .cross_column
+            .clone()
+            .unwrap_or_else(|| ArchConfig::default().cross_column),
         ..ArchConfig::default()
     }
 }
@@ -264,8 +356,13 @@ fn fresh_state(args: &TrainArgs) -> TrainState {
     }
 }
 
-/// Trains on `engine` until the step/epoch budget is spent or `stop` is raised (Ctrl-C).
-pub fn train<E: Engine>(engine: &E, args: &TrainArgs, stop: &AtomicBool) -> Result<TrainSummary> {
+/// Trains on `engines` until the step/epoch budget is spent or `stop` is raised (Ctrl-C): the
+/// whole network on `engines[0]`, or with `--gpus` its columns spread over all of them.
+pub fn train<E: Engine>(
+    engines: &[E],
+    args: &TrainArgs,
+    stop: &AtomicBool,
+) -> Result<TrainSummary> {
     validate(args)?;
     // ---- data ----
     let data = open_data(args)?;
@@ -277,11 +374,11 @@ pub fn train<E: Engine>(engine: &E, args: &TrainArgs, stop: &AtomicBool) -> Resu
     }
     let arch = arch_from_args(args, classes);
     let side = data.train.side();
-    if side < args.input_size {
+    if side < args.input_size() {
         return Err(Error::Config(format!(
             "the dataset's images are {side}x{side}, smaller than the {0}x{0} input; \
              use --input-size {side} or smaller",
-            args.input_size
+            args.input_size()
         )));
     }
 
@@ -290,11 +387,19 @@ pub fn train<E: Engine>(engine: &E, args: &TrainArgs, stop: &AtomicBool) -> Resu
         Some(d) => Some(CheckpointDir::new(d, args.keep)?),
         None => None,
     };
-    let init = match args.init {
+    let init = match args.init() {
         InitArg::Paper => Init::Paper,
         InitArg::Caffe => Init::Caffe,
     };
-    let mut model = Model::new(engine, arch.clone(), init, args.seed, args.batch_size)?;
+    let split = args.split_executors().is_some();
+    let mut model = Network::new(
+        engines,
+        split,
+        arch.clone(),
+        init,
+        args.seed,
+        args.batch_size(),
+    )?;
     let mut state = fresh_state(args);
     if args.resume {
         let dir = ckpt_dir.as_ref().expect("clap requires --checkpoint-dir");
@@ -309,7 +414,7 @@ pub fn train<E: Engine>(engine: &E, args: &TrainArgs, stop: &AtomicBool) -> Resu
                 ),
             });
         }
-        load_weights(engine, &mut model, &ckpt, true)?;
+        load_weights(engines, &mut model, &ckpt, true)?;
         state = ckpt.train_state.clone().ok_or_else(|| Error::Checkpoint {
             path: path.clone(),
             msg: "holds no training state (an inference-only file); use --init-from".into(),
@@ -322,7 +427,7 @@ pub fn train<E: Engine>(engine: &E, args: &TrainArgs, stop: &AtomicBool) -> Resu
         );
     } else if let Some(path) = &args.init_from {
         let ckpt = Checkpoint::load(path)?;
-        let reused = load_weights(engine, &mut model, &ckpt, false)?;
+        let reused = load_weights(engines, &mut model, &ckpt, false)?;
         println!("initialised {reused} tensors from {}", path.display());
     }
 
@@ -342,11 +447,9 @@ pub fn train<E: Engine>(engine: &E, args: &TrainArgs, stop: &AtomicBool) -> Resu
         weight_decay: args.weight_decay,
         decay_biases: args.decay_biases,
     };
-    let epochs = args
-        .epochs
-        .unwrap_or(if args.data.is_some() { 90 } else { 4 });
+    let epochs = args.epochs();
     let augment = Augment {
-        crop: args.input_size,
+        crop: args.input_size(),
         random_crop: !(args.no_augment || args.no_random_crop),
         flip: !(args.no_augment || args.no_flip),
         pca_std: if args.no_augment || args.no_pca {
@@ -359,13 +462,21 @@ pub fn train<E: Engine>(engine: &E, args: &TrainArgs, stop: &AtomicBool) -> Resu
     println!(
         "training on {} with {}: {} train / {} val images, {} classes, batch {}, lr {}",
         data.source,
-        engine.name(),
+        engines_description(engines, split, &arch),
         data.train.len(),
         data.val.len(),
         classes,
-        args.batch_size,
+        args.batch_size(),
         state.lr
     );
+    let demo = args.demo_defaults();
+    if !demo.is_empty() {
+        println!(
+            "built-in quick demo defaults: {} (any flag overrides; --input-size 227 --batch-size \
+             128 --init paper --dropout 0.5 is the paper's setting)",
+            demo.join(", ")
+        );
+    }
 
     // ---- the loop ----
     let mut summary = TrainSummary {
@@ -385,7 +496,7 @@ pub fn train<E: Engine>(engine: &E, args: &TrainArgs, stop: &AtomicBool) -> Resu
             data.train.clone(),
             data.stats.clone(),
             LoaderConfig {
-                batch: args.batch_size,
+                batch: args.batch_size(),
                 workers: args.workers,
                 prefetch: 4,
                 seed: state.data_seed,
@@ -401,7 +512,7 @@ pub fn train<E: Engine>(engine: &E, args: &TrainArgs, stop: &AtomicBool) -> Resu
             return Err(Error::Config(format!(
                 "the training set has {} images, fewer than one batch of {}",
                 data.train.len(),
-                args.batch_size
+                args.batch_size()
             )));
         }
         let bar = progress_bar(args.quiet, per_epoch as u64, state.epoch + 1, epochs);
@@ -413,11 +524,11 @@ pub fn train<E: Engine>(engine: &E, args: &TrainArgs, stop: &AtomicBool) -> Resu
             let (batch, waited) = next?;
             let t0 = Instant::now();
             let step_seed = hash(state.dropout_seed_base, state.step);
-            model.forward(engine, &batch.images, Some(step_seed))?;
-            let loss = model.backward(engine, &batch.labels, Some(step_seed))?;
+            model.forward(engines, &batch.images, Some(step_seed))?;
+            let loss = model.backward(engines, &batch.labels, Some(step_seed))?;
             if !loss.is_finite() {
                 let culprit = model
-                    .find_non_finite(engine)?
+                    .find_non_finite(engines)?
                     .unwrap_or_else(|| "the loss itself (logits overflowed)".into());
                 let last = summary
                     .last_checkpoint
@@ -432,8 +543,8 @@ pub fn train<E: Engine>(engine: &E, args: &TrainArgs, stop: &AtomicBool) -> Resu
                     state.lr
                 )));
             }
-            model.sgd_step(engine, state.lr, &sgd)?;
-            let probs = model.train_probabilities(engine)?;
+            model.sgd_step(engines, state.lr, &sgd)?;
+            let probs = model.train_probabilities(engines)?;
             let top1 = topk_errors(&probs, classes, &batch.labels, 1);
             let top5 = topk_errors(&probs, classes, &batch.labels, 5.min(classes));
             let seconds = t0.elapsed().as_secs_f64() + waited.as_secs_f64();
@@ -467,7 +578,7 @@ pub fn train<E: Engine>(engine: &E, args: &TrainArgs, stop: &AtomicBool) -> Resu
             bar.inc(1);
             if !flat_warned && flat.is_flat(&summary.losses) {
                 flat_warned = true;
-                bar.suspend(|| eprintln!("{}", flat.hint(args.init == InitArg::Paper)));
+                bar.suspend(|| eprintln!("{}", flat.hint(args.init() == InitArg::Paper)));
             }
             let interrupted = stop.load(Ordering::SeqCst);
             let budget_spent = !step_budget_left(&state);
@@ -476,7 +587,7 @@ pub fn train<E: Engine>(engine: &E, args: &TrainArgs, stop: &AtomicBool) -> Resu
                 .is_some_and(|k| state.step.is_multiple_of(k));
             if interrupted || budget_spent || periodic {
                 if let Some(dir) = &ckpt_dir {
-                    let ck = make_checkpoint(engine, &model, &data, &state, args)?;
+                    let ck = make_checkpoint(engines, &model, &data, &state, args)?;
                     summary.last_checkpoint = Some(dir.save(&ck, state.step, false)?);
                 }
             }
@@ -497,17 +608,17 @@ pub fn train<E: Engine>(engine: &E, args: &TrainArgs, stop: &AtomicBool) -> Resu
 
         // ---- end of epoch: validation, schedule, checkpoint ----
         let val = evaluate(
-            engine,
+            engines,
             &mut model,
             data.val.as_ref(),
             &data.stats,
             &EvalOptions {
-                batch: args.batch_size,
+                batch: args.batch_size(),
                 ten_crop: false,
                 workers: args.workers,
             },
         )?;
-        model.set_batch(engine, args.batch_size)?;
+        model.set_batch(engines, args.batch_size())?;
         state.epoch += 1;
         state.batch_in_epoch = 0;
         summary.epochs_completed = state.epoch;
@@ -555,7 +666,7 @@ pub fn train<E: Engine>(engine: &E, args: &TrainArgs, stop: &AtomicBool) -> Resu
             log.epoch(&record)?;
         }
         if let Some(dir) = &ckpt_dir {
-            let ck = make_checkpoint(engine, &model, &data, &state, args)?;
+            let ck = make_checkpoint(engines, &model, &data, &state, args)?;
             summary.last_checkpoint = Some(dir.save(&ck, state.step, improved)?);
         }
         if stop.load(Ordering::SeqCst) {
@@ -567,7 +678,7 @@ pub fn train<E: Engine>(engine: &E, args: &TrainArgs, stop: &AtomicBool) -> Resu
 }
 
 fn validate(args: &TrainArgs) -> Result<()> {
-    if args.batch_size == 0 {
+    if args.batch_size() == 0 {
         return Err(Error::Config("--batch-size must be at least 1".into()));
     }
     if !(args.lr.is_finite() && args.lr > 0.0) {
@@ -606,17 +717,17 @@ fn update_lr(state: &mut TrainState, args: &TrainArgs) {
 /// momentum too). Otherwise (fine-tuning) tensors whose shape differs, such as fc8 for another
 /// class count, keep their fresh initialisation. Returns how many tensors were loaded.
 pub fn load_weights<E: Engine>(
-    engine: &E,
-    model: &mut Model<E>,
+    engines: &[E],
+    model: &mut Network<E>,
     ckpt: &Checkpoint,
     exact: bool,
 ) -> Result<usize> {
     let mut loaded = 0;
+    let shapes = model.param_shapes();
     for t in &ckpt.params {
-        let fits = model
-            .params
+        let fits = shapes
             .iter()
-            .any(|p| p.name == t.name && p.shape == t.shape);
+            .any(|(name, shape)| *name == t.name && *shape == t.shape);
         if !fits && !exact {
             println!(
                 "  {}: shape {:?} differs, freshly initialised",
@@ -624,12 +735,12 @@ pub fn load_weights<E: Engine>(
             );
             continue;
         }
-        model.write_param(engine, &t.name, &t.shape, &t.data, false)?;
+        model.write_param(engines, &t.name, &t.shape, &t.data, false)?;
         loaded += 1;
     }
     if exact {
         for t in &ckpt.momentum {
-            model.write_param(engine, &t.name, &t.shape, &t.data, true)?;
+            model.write_param(engines, &t.name, &t.shape, &t.data, true)?;
         }
     }
     Ok(loaded)
@@ -637,8 +748,8 @@ pub fn load_weights<E: Engine>(
 
 /// A self-contained checkpoint of the run as it stands.
 fn make_checkpoint<E: Engine>(
-    engine: &E,
-    model: &Model<E>,
+    engines: &[E],
+    model: &Network<E>,
     data: &TrainData,
     state: &TrainState,
     args: &TrainArgs,
@@ -652,17 +763,34 @@ fn make_checkpoint<E: Engine>(
     extra.insert("data".to_string(), data.source.clone());
     extra.insert("args".to_string(), format!("{args:?}"));
     Ok(Checkpoint {
-        arch: model.cfg.clone(),
+        arch: model.cfg().clone(),
         class_names: data.class_names.clone(),
         mean: Some(data.stats.mean.clone()),
         mean_side: data.stats.side,
         eigval: Some(data.stats.eigval),
         eigvec: Some(data.stats.eigvec),
-        params: named(model.read_params(engine)?),
-        momentum: named(model.read_momentum(engine)?),
+        params: named(model.read_params(engines)?),
+        momentum: named(model.read_momentum(engines)?),
         train_state: Some(state.clone()),
         extra_metadata: extra,
     })
+}
+
+/// "cpu (2 threads)", or for a split run where each column runs.
+pub fn engines_description<E: Engine>(engines: &[E], split: bool, arch: &ArchConfig) -> String {
+    if !split {
+        return engines[0].name();
+    }
+    let cols = arch.columns();
+    match crate::parallel::assign_columns(cols, engines.len()) {
+        Ok(placement) => placement
+            .iter()
+            .enumerate()
+            .map(|(c, &x)| format!("column {c} on {}", engines[x].name()))
+            .collect::<Vec<_>>()
+            .join(", "),
+        Err(_) => engines[0].name(),
+    }
 }
 
 fn progress_bar(quiet: bool, len: u64, epoch: u64, epochs: u64) -> ProgressBar {

@@ -94,8 +94,13 @@ both!(maxpool, |e| suite::maxpool(&e, Tol::EXACT, POOL_BWD));
 both!(relu, |e| suite::relu(&e, Tol::EXACT));
 both!(tanh, |e| suite::tanh(&e, TANH));
 both!(dropout, |e| suite::dropout(&e, ONE_OP));
+both!(dropout_slice, |e| suite::dropout_slice(&e));
 both!(sgd_update, |e| suite::sgd_update(&e, SGD));
 both!(memory_ops, |e| suite::memory_ops(&e));
+both!(copy_blocks, |e| suite::copy_blocks(
+    &e,
+    &CpuEngine::new(1).unwrap()
+));
 both!(shape_errors, |e| suite::shape_errors(&e));
 
 #[test]

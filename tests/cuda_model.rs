@@ -8,6 +8,7 @@ use alexnet::engine::cpu::CpuEngine;
 use alexnet::engine::cuda::CudaEngine;
 use alexnet::engine::Engine;
 use alexnet::model::{Init, Model, Sgd};
+use alexnet::parallel::Network;
 use alexnet::rng::Rng;
 
 type Tensors = Vec<(String, Vec<usize>, Vec<f32>)>;
@@ -150,6 +151,53 @@ fn one_training_step_matches_the_cpu_engine_tf32() {
     // compared: at that rounding many max-pool windows have near-ties (see tie_free_inputs), so
     // gradients below a pooling layer legitimately differ by ~1e-1.
     assert_all_close(&gpu, &g, &c, 1e-3, false);
+}
+
+/// Model parallelism on the GPU: the two columns on two engines (two GPUs when present, else two
+/// streams of GPU 0) against the whole net on the GPU, one training step from the same weights,
+/// on tie-free inputs. Tolerance as for fp32 above (two f32 summation orders).
+#[test]
+fn split_columns_on_two_engines_match_the_whole_net() {
+    let Some(whole) = gpu(false) else { return };
+    let second = if alexnet::engine::cuda::device_count().unwrap() > 1 {
+        1
+    } else {
+        0
+    };
+    if second == 1 {
+        alexnet::engine::cuda::enable_peer_access(0, 1).unwrap();
+        alexnet::engine::cuda::enable_peer_access(1, 0).unwrap();
+    }
+    let split = [
+        CudaEngine::new(0).unwrap(),
+        CudaEngine::new(second).unwrap(),
+    ];
+    let cpu = CpuEngine::new(0).unwrap();
+    let labels = [500u32, 3];
+    let (images, _) = tie_free_inputs(&cpu, labels.len(), &labels);
+    let run = |engines: &[CudaEngine], split: bool| {
+        let cfg = ArchConfig::default();
+        let mut net = Network::new(engines, split, cfg, Init::Caffe, 7, labels.len()).unwrap();
+        net.forward(engines, &images, Some(42)).unwrap();
+        let loss = net.backward(engines, &labels, Some(42)).unwrap();
+        let grads = net.read_grads(engines).unwrap();
+        net.sgd_step(engines, 0.01, &Sgd::default()).unwrap();
+        (
+            loss,
+            grads,
+            net.read_params(engines).unwrap(),
+            net.traffic(),
+        )
+    };
+    let (lw, gw, pw, _) = run(std::slice::from_ref(&whole), false);
+    let (ls, gs, ps, traffic) = run(&split, true);
+    println!("loss whole {lw} split {ls}; traffic {traffic:?}");
+    assert!(((lw - ls) / lw).abs() < 1e-5, "loss {lw} vs {ls}");
+    for ((name, _, a), (_, _, b)) in gs.iter().zip(&gw).chain(ps.iter().zip(&pw)) {
+        let e = rel(a, b);
+        assert!(e < 1e-5, "{name}: relative difference {e:.2e}");
+    }
+    assert!(traffic.between_executors > 0);
 }
 
 fn assert_all_close(gpu: &CudaEngine, g: &Step, c: &Step, tol: f64, gradients: bool) {

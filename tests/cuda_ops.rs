@@ -8,7 +8,7 @@
 mod common;
 
 use alexnet::engine::cuda::{self, plan, status, CudaEngine};
-use alexnet::engine::{ConvShape, Engine, FcShape, LrnShape, PoolShape};
+use alexnet::engine::{ConvShape, Engine, FcShape, LrnShape, MaskSlice, PoolShape};
 use alexnet::rng::{dropout_keep, Rng};
 use alexnet::Error;
 use common::ops_suite::{self as suite, Tol};
@@ -114,9 +114,15 @@ gpu_test!(maxpool, |e| suite::maxpool(&e, Tol::EXACT, POOL_BWD));
 gpu_test!(relu, |e| suite::relu(&e, Tol::EXACT));
 gpu_test!(tanh, |e| suite::tanh(&e, TANH));
 gpu_test!(dropout, |e| suite::dropout(&e, ONE_OP));
+gpu_test!(dropout_slice, |e| suite::dropout_slice(&e));
 gpu_test!(softmax_xent, |e| suite::softmax_xent(&e, SOFTMAX));
 gpu_test!(sgd_update, |e| suite::sgd_update(&e, SGD));
 gpu_test!(memory_ops, |e| suite::memory_ops(&e));
+// From this engine, and from a second engine (its own stream) on the same device.
+gpu_test!(copy_blocks, |e| {
+    suite::copy_blocks(&e, &e);
+    suite::copy_blocks(&e, &CudaEngine::new(e.device()).unwrap());
+});
 gpu_test!(shape_errors, |e| suite::shape_errors(&e));
 
 // A scratch budget of one float forces one image per im2col + GEMM round: the chunk loop, the
@@ -152,7 +158,8 @@ gpu_test!(dropout_mask_is_bit_identical_to_rust, |e| {
     ] {
         let mut x = e.alloc(n).unwrap();
         e.fill(&mut x, 1.0).unwrap();
-        e.dropout_forward(&mut x, p, 1.0, seed).unwrap();
+        e.dropout_forward(&mut x, p, 1.0, &MaskSlice::whole(seed, n))
+            .unwrap();
         let got = suite::download(&e, &x);
         for (i, &g) in got.iter().enumerate() {
             let want = if dropout_keep(seed, i as u64, p) {

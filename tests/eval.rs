@@ -9,6 +9,7 @@ use alexnet::data::{Dataset, PackedDataset, PrepareArgs};
 use alexnet::engine::cpu::CpuEngine;
 use alexnet::eval::{evaluate_ensemble, predict_files, EvalOptions};
 use alexnet::model::{Init, Model};
+use alexnet::parallel::Network;
 use clap::Parser;
 
 #[derive(Parser)]
@@ -29,7 +30,7 @@ fn write_images(dir: &Path, count: usize, shade: u8) {
 /// The bias ranking: class 2 first, then 0, 7, 5, 1, then the rest.
 const RANKING: [usize; 10] = [2, 0, 7, 5, 1, 3, 4, 6, 8, 9];
 
-fn constant_model(e: &CpuEngine) -> Model<CpuEngine> {
+fn constant_model(e: &CpuEngine) -> Network<CpuEngine> {
     let cfg = ArchConfig {
         classes: 10,
         ..ArchConfig::default()
@@ -44,7 +45,7 @@ fn constant_model(e: &CpuEngine) -> Model<CpuEngine> {
         }
         m.write_param(e, &name, &shape, &v, false).unwrap();
     }
-    m
+    Network::Whole(m)
 }
 
 #[test]
@@ -84,7 +85,7 @@ fn top1_top5_and_ten_crop_match_the_hand_computed_errors() {
         ten_crop: true,
         workers: 2,
     };
-    let r = evaluate_ensemble(&e, &mut models, &ds, &stats, &opts).unwrap();
+    let r = evaluate_ensemble(std::slice::from_ref(&e), &mut models, &ds, &stats, &opts).unwrap();
     // Top-1 is class 2 for every image: only the one class-2 image is right -> 9/10 wrong.
     // Top-5 is {2, 0, 7, 5, 1}: the two class-9 images are the only misses -> 2/10 wrong.
     assert_eq!(r.images, 10);
@@ -106,7 +107,15 @@ fn top1_top5_and_ten_crop_match_the_hand_computed_errors() {
     let broken = tmp.path().join("broken.jpg");
     std::fs::write(&broken, b"not a jpeg").unwrap();
     let names: Vec<String> = (0..10).map(|c| format!("c{c}")).collect();
-    let preds = predict_files(&e, &mut models, &names, &stats, &[good, broken], false, 5);
+    let preds = predict_files(
+        std::slice::from_ref(&e),
+        &mut models,
+        &names,
+        &stats,
+        &[good, broken],
+        false,
+        5,
+    );
     let p = preds[0].as_ref().unwrap();
     let classes: Vec<usize> = p.top.iter().map(|t| t.0).collect();
     assert_eq!(classes, RANKING[..5]);

@@ -87,34 +87,89 @@ fn resume_repeats_the_uninterrupted_run_exactly() {
     // Uninterrupted: 6 steps (1.5 epochs of 4 batches).
     let mut a = common.to_vec();
     a.extend(["--steps", "6"]);
-    let full = train(&e, &args(&a), &stop).unwrap();
+    let full = train(std::slice::from_ref(&e), &args(&a), &stop).unwrap();
     assert_eq!(full.losses.len(), 6);
 
     // Interrupted after 3 steps (mid-epoch), then resumed to 6.
     let ck = dir.path().to_str().unwrap();
     let mut b = common.to_vec();
     b.extend(["--steps", "3", "--checkpoint-dir", ck]);
-    let first = train(&e, &args(&b), &stop).unwrap();
+    let first = train(std::slice::from_ref(&e), &args(&b), &stop).unwrap();
     let mut c = common.to_vec();
     c.extend(["--steps", "6", "--checkpoint-dir", ck, "--resume"]);
-    let second = train(&e, &args(&c), &stop).unwrap();
+    let second = train(std::slice::from_ref(&e), &args(&c), &stop).unwrap();
 
     let resumed: Vec<f32> = first.losses.iter().chain(&second.losses).copied().collect();
     // Same seed, same thread count, same data position: bit-identical losses.
     assert_eq!(resumed, full.losses);
 }
 
+/// `--executors 2` on the CPU (two engines, one column each) trains the same run as one executor:
+/// the losses agree to f32 rounding (tests/columns.rs explains the 1e-5), and the checkpoint it
+/// writes resumes an unsplit run.
+#[test]
+fn split_columns_train_like_one_executor() {
+    let dir = tempfile::tempdir().unwrap();
+    let ck = dir.path().to_str().unwrap();
+    let common = [
+        "--input-size",
+        "67",
+        "--batch-size",
+        "4",
+        "--builtin-train",
+        "16",
+        "--builtin-val",
+        "4",
+        "--classes",
+        "4",
+        "--workers",
+        "1",
+        "--dropout",
+        "0.5",
+        "--steps",
+        "3",
+    ];
+    let stop = AtomicBool::new(false);
+    let one = [CpuEngine::new(2).unwrap()];
+    let two = [CpuEngine::new(1).unwrap(), CpuEngine::new(1).unwrap()];
+    let whole = train(&one, &args(&common), &stop).unwrap();
+    let mut a = common.to_vec();
+    a.extend(["--executors", "2", "--checkpoint-dir", ck]);
+    let split = train(&two, &args(&a), &stop).unwrap();
+    for (w, s) in whole.losses.iter().zip(&split.losses) {
+        assert!(
+            ((w - s) / w).abs() < 1e-5,
+            "{:?} vs {:?}",
+            whole.losses,
+            split.losses
+        );
+    }
+    let mut b = common.to_vec();
+    b[common.len() - 1] = "4";
+    b.extend(["--checkpoint-dir", ck, "--resume"]);
+    let resumed = train(&one, &args(&b), &stop).unwrap();
+    assert_eq!(resumed.steps, 4);
+}
+
 #[test]
 fn bad_flags_are_clear_errors() {
     let stop = AtomicBool::new(false);
     let e = CpuEngine::new(1).unwrap();
-    let err = train(&e, &args(&["--input-size", "40", "--steps", "1"]), &stop)
-        .unwrap_err()
-        .to_string();
+    let err = train(
+        std::slice::from_ref(&e),
+        &args(&["--input-size", "40", "--steps", "1"]),
+        &stop,
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("too small"), "{err}");
-    let err = train(&e, &args(&["--lr=-1", "--steps", "1"]), &stop)
-        .unwrap_err()
-        .to_string();
+    let err = train(
+        std::slice::from_ref(&e),
+        &args(&["--lr=-1", "--steps", "1"]),
+        &stop,
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("--lr"), "{err}");
 }
 
@@ -138,6 +193,8 @@ fn divergence_names_the_step_and_the_layer() {
         "--steps",
         "8",
     ]);
-    let err = train(&e, &a, &stop).unwrap_err().to_string();
+    let err = train(std::slice::from_ref(&e), &a, &stop)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("non-finite") && err.contains("step"), "{err}");
 }

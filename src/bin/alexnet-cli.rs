@@ -16,6 +16,7 @@ use alexnet::engine::cpu::CpuEngine;
 use alexnet::engine::Engine;
 use alexnet::eval::{evaluate_ensemble, predict_files, EvalOptions};
 use alexnet::model::{Init, Model, Sgd};
+use alexnet::parallel::Network;
 use alexnet::train::{load_weights, train, TrainArgs};
 use alexnet::{Error, Result};
 
@@ -128,6 +129,13 @@ enum Command {
         classes: usize,
         #[arg(long, default_value_t = 227)]
         input_size: usize,
+        /// Run the columns on N GPUs (model parallelism, as `train --gpus N`; implies --device
+        /// cuda) and report the bytes that cross between them per step.
+        #[arg(long, value_name = "N", conflicts_with = "executors")]
+        gpus: Option<usize>,
+        /// The same split on N executors of --device (CPU: engines sharing the cores).
+        #[arg(long, value_name = "N")]
+        executors: Option<usize>,
         #[command(flatten)]
         device: DeviceArgs,
     },
@@ -155,24 +163,26 @@ enum Device {
     Cuda,
 }
 
-/// Runs `$body` with `$e` bound to the engine the flags ask for.
-macro_rules! with_engine {
-    ($dev:expr, $threads:expr, |$e:ident| $body:expr) => {{
+/// Runs `$body` with `$es` bound to `$count` executors of the kind the flags ask for: CPU
+/// engines sharing `$threads` threads, or CUDA engines on consecutive GPUs from `--gpu`.
+macro_rules! with_engines {
+    ($dev:expr, $threads:expr, $count:expr, |$es:ident| $body:expr) => {{
         let dev: &DeviceArgs = $dev;
+        let (threads, count): (usize, usize) = ($threads, $count);
         match dev.device {
             Device::Cpu => {
-                let $e = CpuEngine::new($threads)?;
+                let $es = cpu_engines(threads, count)?;
                 $body
             }
             Device::Cuda => {
                 #[cfg(feature = "cuda")]
                 {
-                    let $e = alexnet::engine::cuda::CudaEngine::new(dev.gpu)?;
-                    $e.set_tf32(dev.tf32)?;
+                    let $es = cuda_engines(dev, count)?;
                     $body
                 }
                 #[cfg(not(feature = "cuda"))]
                 {
+                    let _ = count;
                     Err::<(), Error>(Error::NoDevice(
                         "this alexnet-cli was built without CUDA; rebuild with \
                          `cargo build --release --features cuda`"
@@ -182,6 +192,64 @@ macro_rules! with_engine {
             }
         }
     }};
+}
+
+/// `count` CPU executors splitting `threads` (0 = all cores) between them.
+fn cpu_engines(threads: usize, count: usize) -> Result<Vec<CpuEngine>> {
+    if count <= 1 {
+        return Ok(vec![CpuEngine::new(threads)?]);
+    }
+    let total = if threads == 0 {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        threads
+    };
+    (0..count)
+        .map(|_| CpuEngine::new((total / count).max(1)))
+        .collect()
+}
+
+/// `count` CUDA engines on GPUs --gpu, --gpu+1, ...; with fewer GPUs than that, several engines
+/// (each with its own stream) share a GPU, with a notice, so the multi-device code path still
+/// runs. Peer access is enabled between distinct GPUs.
+#[cfg(feature = "cuda")]
+fn cuda_engines(dev: &DeviceArgs, count: usize) -> Result<Vec<alexnet::engine::cuda::CudaEngine>> {
+    use alexnet::engine::cuda::{device_count, enable_peer_access, CudaEngine};
+    let physical = device_count()?;
+    if physical == 0 {
+        return Err(Error::NoDevice(
+            "the CUDA runtime reports 0 devices (check nvidia-smi); run without --device cuda \
+             (and --gpus) to train on the CPU"
+                .into(),
+        ));
+    }
+    let available = physical.saturating_sub(dev.gpu).max(1);
+    let devices: Vec<usize> = (0..count.max(1)).map(|i| dev.gpu + i % available).collect();
+    if count > available {
+        eprintln!(
+            "notice: {count} devices asked for but {available} GPU(s) available from --gpu {}: \
+             executors run on GPUs {devices:?} (several columns share a GPU, each on its own \
+             stream)",
+            dev.gpu
+        );
+    }
+    for &a in &devices {
+        for &b in &devices {
+            if a != b && !enable_peer_access(a, b)? {
+                eprintln!(
+                    "notice: GPU {a} cannot access GPU {b} directly; copies go through host memory"
+                );
+            }
+        }
+    }
+    devices
+        .iter()
+        .map(|&d| {
+            let e = CudaEngine::new(d)?;
+            e.set_tf32(dev.tf32)?;
+            Ok(e)
+        })
+        .collect()
 }
 
 fn main() -> ExitCode {
@@ -212,8 +280,13 @@ fn run(cli: Cli) -> Result<()> {
             } else {
                 args.threads
             };
-            with_engine!(&device, threads, |e| {
-                let s = train(&e, &args, &stop)?;
+            let mut device = device;
+            if args.gpus.is_some() {
+                device.device = Device::Cuda;
+            }
+            let executors = args.split_executors().unwrap_or(1);
+            with_engines!(&device, threads, executors, |es| {
+                let s = train(&es, &args, &stop)?;
                 if let Some(p) = &s.last_checkpoint {
                     println!("checkpoint: {}", p.display());
                 }
@@ -267,12 +340,12 @@ fn run(cli: Cli) -> Result<()> {
             json,
             batch_size,
             device,
-        } => with_engine!(&device, device.engine_threads, |e| {
-            let (mut models, names, _) = load_models(&e, &checkpoints, batch_size)?;
+        } => with_engines!(&device, device.engine_threads, 1, |es| {
+            let (mut models, names, _) = load_models(&es, &checkpoints, batch_size)?;
             let ds = alexnet::data::packed::PackedDataset::open(&data, &split)?;
             let stats = alexnet::data::packed::PackedDataset::stats(&data)?;
             let r = evaluate_ensemble(
-                &e,
+                &es,
                 &mut models,
                 &ds,
                 &stats,
@@ -337,9 +410,9 @@ fn run(cli: Cli) -> Result<()> {
             top,
             images,
             device,
-        } => with_engine!(&device, device.engine_threads, |e| {
-            let (mut models, names, stats) = load_models(&e, &checkpoints, 1)?;
-            let results = predict_files(&e, &mut models, &names, &stats, &images, ten_crop, top);
+        } => with_engines!(&device, device.engine_threads, 1, |es| {
+            let (mut models, names, stats) = load_models(&es, &checkpoints, 1)?;
+            let results = predict_files(&es, &mut models, &names, &stats, &images, ten_crop, top);
             let mut failed = 0;
             let mut out = Vec::new();
             for (path, r) in images.iter().zip(results) {
@@ -400,26 +473,34 @@ fn run(cli: Cli) -> Result<()> {
             steps,
             classes,
             input_size,
-            device,
-        } => with_engine!(&device, device.engine_threads, |e| bench(
-            &e, batch_size, steps, classes, input_size
-        )),
+            gpus,
+            executors,
+            mut device,
+        } => {
+            if gpus.is_some() {
+                device.device = Device::Cuda;
+            }
+            let split = gpus.or(executors);
+            with_engines!(&device, device.engine_threads, split.unwrap_or(1), |es| {
+                bench(&es, split.is_some(), batch_size, steps, classes, input_size)
+            })
+        }
     }
 }
 
 /// Loads checkpoints as models (an ensemble), with the first one's class names and
 /// normalisation.
 fn load_models<E: Engine>(
-    e: &E,
+    engines: &[E],
     paths: &[PathBuf],
     batch: usize,
-) -> Result<(Vec<Model<E>>, Vec<String>, Stats)> {
+) -> Result<(Vec<Network<E>>, Vec<String>, Stats)> {
     let mut models = Vec::new();
     let mut first: Option<(Vec<String>, Stats)> = None;
     for path in paths {
         let ckpt = Checkpoint::load(path)?;
-        let mut model = Model::new(e, ckpt.arch.clone(), Init::Paper, 0, batch)?;
-        load_weights(e, &mut model, &ckpt, true)?;
+        let mut model = Network::new(engines, false, ckpt.arch.clone(), Init::Paper, 0, batch)?;
+        load_weights(engines, &mut model, &ckpt, true)?;
         if first.is_none() {
             let mean = ckpt.mean.clone().ok_or_else(|| Error::Checkpoint {
                 path: path.clone(),
@@ -441,9 +522,11 @@ fn load_models<E: Engine>(
     Ok((models, names, stats))
 }
 
-/// Times full training steps (forward, backward, SGD) on random data and prints images/s.
+/// Times full training steps (forward, backward, SGD) on random data and prints images/s; one
+/// executor also gets a per-layer table, a split run the bytes crossing between its columns.
 fn bench<E: Engine>(
-    e: &E,
+    engines: &[E],
+    split: bool,
     batch: usize,
     steps: usize,
     classes: usize,
@@ -455,21 +538,26 @@ fn bench<E: Engine>(
         ..ArchConfig::default()
     };
     let flops_per_image: u64 = 3 * 2 * cfg.plan()?.iter().map(|p| p.macs).sum::<u64>();
-    let mut model = Model::new(e, cfg, Init::Caffe, 1, batch)?;
+    let mut model = Network::new(engines, split, cfg.clone(), Init::Caffe, 1, batch)?;
     let mut rng = alexnet::rng::Rng::new(5);
     let images: Vec<f32> = (0..batch * 3 * input_size * input_size)
         .map(|_| rng.normal() as f32 * 50.0)
         .collect();
     let labels: Vec<u32> = (0..batch).map(|_| rng.below(classes) as u32).collect();
     let sgd = Sgd::default();
-    println!("engine: {}", e.name());
+    println!(
+        "engine: {}",
+        alexnet::train::engines_description(engines, split, &cfg)
+    );
     let mut times = Vec::new();
     for step in 0..=steps {
         let t0 = Instant::now();
-        model.forward(e, &images, Some(step as u64))?;
-        let loss = model.backward(e, &labels, Some(step as u64))?;
-        model.sgd_step(e, 0.001, &sgd)?;
-        e.synchronize()?;
+        model.forward(engines, &images, Some(step as u64))?;
+        let loss = model.backward(engines, &labels, Some(step as u64))?;
+        model.sgd_step(engines, 0.001, &sgd)?;
+        for e in engines {
+            e.synchronize()?;
+        }
         let dt = t0.elapsed().as_secs_f64();
         if step > 0 {
             times.push(dt);
@@ -480,10 +568,41 @@ fn bench<E: Engine>(
             dt
         );
     }
-    // One more step with per-layer timing (synchronising after every layer).
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    let flops = flops_per_image as f64 * batch as f64;
+    match &mut model {
+        Network::Whole(m) => profile_layers(&engines[0], m, &images, &labels)?,
+        Network::Columns(c) => {
+            let t = c.traffic();
+            println!(
+                "between columns per step: {:.2} MB ({:.3} bytes per 1000 FLOP); between executors: {:.2} MB",
+                t.between_columns as f64 / 1e6,
+                t.between_columns as f64 / flops * 1e3,
+                t.between_executors as f64 / 1e6
+            );
+        }
+    }
+    println!(
+        "train step, batch {batch}: median {:.3} s, {:.1} images/s, {:.1} GFLOP/s (model FLOPs, ~3x forward)",
+        median,
+        batch as f64 / median,
+        flops / median / 1e9
+    );
+    Ok(())
+}
+
+/// One more step with per-layer timing (synchronising after every layer), printed as a table.
+fn profile_layers<E: Engine>(
+    e: &E,
+    model: &mut Model<E>,
+    images: &[f32],
+    labels: &[u32],
+) -> Result<()> {
+    let batch = model.batch();
     model.set_profiling(true);
-    model.forward(e, &images, Some(0))?;
-    model.backward(e, &labels, Some(0))?;
+    model.forward(e, images, Some(0))?;
+    model.backward(e, labels, Some(0))?;
     println!(
         "{:<7} {:>10} {:>10} {:>12} {:>12}",
         "layer", "fwd ms", "bwd ms", "fwd GFLOP/s", "bwd GFLOP/s"
@@ -508,13 +627,5 @@ fn bench<E: Engine>(
             rate(b, bwd_mult)
         );
     }
-    times.sort_by(f64::total_cmp);
-    let median = times[times.len() / 2];
-    println!(
-        "train step, batch {batch}: median {:.3} s, {:.1} images/s, {:.1} GFLOP/s (model FLOPs, ~3x forward)",
-        median,
-        batch as f64 / median,
-        flops_per_image as f64 * batch as f64 / median / 1e9
-    );
     Ok(())
 }

@@ -158,6 +158,96 @@ pub struct FcShape {
     pub d_out: usize,
 }
 
+/// Which part of a layer's dropout mask a buffer holds. Element `i` of the buffer is unit
+/// `offset + i % width` of image `i / width`, and its mask index is `image * total + unit`: a
+/// column that holds units `offset..offset+width` of a `total`-unit layer draws exactly its
+/// slice of the one-device mask.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MaskSlice {
+    pub seed: u64,
+    pub width: usize,
+    pub total: usize,
+    pub offset: usize,
+}
+
+impl MaskSlice {
+    /// The whole layer: `width` units per image, mask index = buffer index.
+    pub fn whole(seed: u64, width: usize) -> MaskSlice {
+        MaskSlice {
+            seed,
+            width,
+            total: width,
+            offset: 0,
+        }
+    }
+
+    /// The mask index of buffer element `i`.
+    pub fn index(&self, i: usize) -> u64 {
+        ((i / self.width) * self.total + self.offset + i % self.width) as u64
+    }
+
+    /// Checks that the slice is well formed and tiles a buffer of `len` floats.
+    pub fn check(&self, op: &str, len: usize) -> Result<()> {
+        if self.width == 0
+            || self.offset + self.width > self.total
+            || !len.is_multiple_of(self.width)
+        {
+            return Err(Error::shape(
+                op,
+                format!("mask slice {self:?} does not tile a buffer of {len} floats"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `count` blocks of `len` floats: block `i` is read at `src_offset + i * src_stride` and written
+/// at `dst_offset + i * dst_stride`. Gathering a column's `[N, C_col, H, W]` maps into the
+/// `[N, C, H, W]` input of a cross-column layer is `count = N`, `len = C_col*H*W`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Blocks {
+    pub count: usize,
+    pub len: usize,
+    pub src_offset: usize,
+    pub src_stride: usize,
+    pub dst_offset: usize,
+    pub dst_stride: usize,
+}
+
+impl Blocks {
+    /// Checks that every block lies inside buffers of `src_len` and `dst_len` floats.
+    pub fn check(&self, op: &str, src_len: usize, dst_len: usize) -> Result<()> {
+        let end = |offset: usize, stride: usize| {
+            if self.count == 0 || self.len == 0 {
+                Some(0)
+            } else {
+                (self.count - 1)
+                    .checked_mul(stride)
+                    .and_then(|v| v.checked_add(offset))
+                    .and_then(|v| v.checked_add(self.len))
+            }
+        };
+        let fits = |e: Option<usize>, len: usize| e.is_some_and(|e| e <= len);
+        if fits(end(self.src_offset, self.src_stride), src_len)
+            && fits(end(self.dst_offset, self.dst_stride), dst_len)
+        {
+            Ok(())
+        } else {
+            Err(Error::shape(
+                op,
+                format!(
+                    "{self:?} does not fit buffers of {src_len} (src) and {dst_len} (dst) floats"
+                ),
+            ))
+        }
+    }
+
+    /// Floats moved.
+    pub fn floats(&self) -> usize {
+        self.count * self.len
+    }
+}
+
 /// The ops AlexNet needs. Buffers are owned by the engine (host memory for the CPU engine, device
 /// memory for CUDA); data crosses to the host only through `upload`/`download`.
 pub trait Engine: Send + Sync {
@@ -179,6 +269,19 @@ pub trait Engine: Send + Sync {
     fn scale(&self, buf: &mut Self::Buf, a: f32) -> Result<()>;
     /// Blocks until queued work is done (no-op on the CPU).
     fn synchronize(&self) -> Result<()>;
+    /// dst += src (same length): sums the gradient blocks that come back from other columns.
+    fn add(&self, dst: &mut Self::Buf, src: &Self::Buf) -> Result<()>;
+    /// Copies `b.count` blocks of `b.len` floats from `src`, which lives on `src_engine` (another
+    /// device of the same kind, or this one), into `dst` on this engine. The only way data moves
+    /// between executors: the columns' cross connections (model parallelism, Section 3.2).
+    /// Returns once the copy is complete on both sides.
+    fn copy_blocks_from(
+        &self,
+        dst: &mut Self::Buf,
+        src_engine: &Self,
+        src: &Self::Buf,
+        b: &Blocks,
+    ) -> Result<()>;
 
     // ---- convolution ----
     /// y[N,Cout,Ho,Wo] = conv(x[N,Cin,H,W], w[Cout,Cin/g,kh,kw]) + b[Cout]
@@ -277,16 +380,22 @@ pub trait Engine: Send + Sync {
         db: &mut Self::Buf,
     ) -> Result<()>;
 
-    // ---- dropout (mask from crate::rng::dropout_keep(seed, index, p), never stored) ----
+    // ---- dropout (mask from crate::rng::dropout_keep(seed, m.index(i), p), never stored) ----
     /// x[i] = keep(i) ? x[i] * keep_scale : 0
-    fn dropout_forward(&self, x: &mut Self::Buf, p: f32, keep_scale: f32, seed: u64) -> Result<()>;
+    fn dropout_forward(
+        &self,
+        x: &mut Self::Buf,
+        p: f32,
+        keep_scale: f32,
+        m: &MaskSlice,
+    ) -> Result<()>;
     /// dy[i] = keep(i) ? dy[i] * keep_scale : 0
     fn dropout_backward(
         &self,
         dy: &mut Self::Buf,
         p: f32,
         keep_scale: f32,
-        seed: u64,
+        m: &MaskSlice,
     ) -> Result<()>;
 
     // ---- loss ----

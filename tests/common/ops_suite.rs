@@ -13,7 +13,9 @@
 //! The instantiating test file (`tests/cpu_ops.rs`, `tests/cuda_ops.rs`) picks the tolerances,
 //! with the reason, since they depend on the engine's arithmetic.
 
-use alexnet::engine::{ConvShape, Engine, FcShape, LrnParams, LrnShape, PoolShape};
+use alexnet::engine::{
+    Blocks, ConvShape, Engine, FcShape, LrnParams, LrnShape, MaskSlice, PoolShape,
+};
 use alexnet::rng::{dropout_keep, Rng};
 use alexnet::Error;
 use alexnet_reference as reference;
@@ -540,13 +542,14 @@ pub fn dropout<E: Engine>(e: &E, tol: Tol) {
             let x = uniform(&mut rng, len, 1.0);
             let dy = uniform(&mut rng, len, 1.0);
             let keep: Vec<bool> = (0..len).map(|j| dropout_keep(seed, j as u64, p)).collect();
+            let mask = MaskSlice::whole(seed, len);
             let mut xb = upload(e, &x);
-            e.dropout_forward(&mut xb, p, keep_scale, seed)
+            e.dropout_forward(&mut xb, p, keep_scale, &mask)
                 .expect("dropout_forward");
             let want = reference::dropout_forward(&widen(&x), &keep, keep_scale as f64);
             assert_close("dropout_forward", &download(e, &xb), &want, tol);
             let mut dyb = upload(e, &dy);
-            e.dropout_backward(&mut dyb, p, keep_scale, seed)
+            e.dropout_backward(&mut dyb, p, keep_scale, &mask)
                 .expect("dropout_backward");
             let want = reference::dropout_backward(&widen(&dy), &keep, keep_scale as f64);
             assert_close("dropout_backward", &download(e, &dyb), &want, tol);
@@ -559,6 +562,36 @@ pub fn dropout<E: Engine>(e: &E, tol: Tol) {
             }
         }
     }
+}
+
+/// A column's slice of a layer's mask: 3 images x units 7..12 of a 16-unit layer must be kept
+/// or dropped exactly as those units are in the whole layer's mask (model parallelism).
+pub fn dropout_slice<E: Engine>(e: &E) {
+    let (images, total, offset, width, seed, p) = (3, 16, 7, 5, 1350u64, 0.5f32);
+    let whole = MaskSlice::whole(seed, total);
+    let slice = MaskSlice {
+        seed,
+        width,
+        total,
+        offset,
+    };
+    let mut all = e.alloc(images * total).expect("alloc");
+    e.fill(&mut all, 1.0).expect("fill");
+    e.dropout_forward(&mut all, p, 1.0, &whole).expect("whole");
+    let mut part = e.alloc(images * width).expect("alloc");
+    e.fill(&mut part, 1.0).expect("fill");
+    e.dropout_forward(&mut part, p, 1.0, &slice).expect("slice");
+    let (all, part) = (download(e, &all), download(e, &part));
+    for n in 0..images {
+        assert_eq!(
+            part[n * width..(n + 1) * width],
+            all[n * total + offset..n * total + offset + width],
+            "image {n}"
+        );
+    }
+    // A slice that does not tile the buffer is a shape error, not a wrong mask.
+    let mut odd = e.alloc(images * width + 1).expect("alloc");
+    assert_shape_err("dropout slice", e.dropout_forward(&mut odd, p, 1.0, &slice));
 }
 
 /// Softmax, the mean cross-entropy and its gradient, with logits spread wide enough that some
@@ -641,7 +674,42 @@ pub fn memory_ops<E: Engine>(e: &E) {
     assert!(download(e, &b).iter().all(|&x| x == 3.25));
     let z = e.alloc(17).expect("alloc");
     assert_eq!(download(e, &z), vec![0.0; 17]);
+    let mut sum = upload(e, &v);
+    e.add(&mut sum, &a).expect("add");
+    let want: Vec<f32> = v.iter().map(|&x| x + x).collect();
+    assert_eq!(download(e, &sum), want);
     e.synchronize().expect("synchronize");
+}
+
+/// Strided block copies (the columns' gathers): 3 blocks of 4 floats from stride 5 at offset 1
+/// into stride 9 at offset 2 (the last block ends at 24 of 25); everything outside the blocks
+/// keeps its old value, and one more float of offset is out of bounds.
+pub fn copy_blocks<E: Engine>(e: &E, src_engine: &E) {
+    let src: Vec<f32> = (0..16).map(|i| i as f32).collect();
+    let src_buf = upload(src_engine, &src);
+    let mut dst_buf = upload(e, &[-1.0; 25]);
+    let b = Blocks {
+        count: 3,
+        len: 4,
+        src_offset: 1,
+        src_stride: 5,
+        dst_offset: 2,
+        dst_stride: 9,
+    };
+    e.copy_blocks_from(&mut dst_buf, src_engine, &src_buf, &b)
+        .expect("copy_blocks_from");
+    let mut want = vec![-1.0f32; 25];
+    for i in 0..3 {
+        for j in 0..4 {
+            want[2 + 9 * i + j] = src[1 + 5 * i + j];
+        }
+    }
+    assert_eq!(download(e, &dst_buf), want);
+    let too_far = Blocks { dst_offset: 4, ..b };
+    assert_shape_err(
+        "copy_blocks_from",
+        e.copy_blocks_from(&mut dst_buf, src_engine, &src_buf, &too_far),
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -369,6 +369,7 @@ pub(super) fn backward_weights(
 ) -> Result<()> {
     const OP: &str = "conv_backward_weights";
     let g = Geo::new(s, OP)?;
+    let _exclusive = eng.exclusive();
     check_len(OP, "x", x.len(), s.x_len())?;
     check_len(OP, "dy", dy.len(), s.y_len())?;
     check_len(OP, "dw", dw.len(), s.w_len())?;

@@ -26,6 +26,7 @@ pub(super) fn forward(
     check_len(OP, "b", b.len(), s.d_out)?;
     check_len(OP, "y", y.len(), s.n * s.d_out)?;
     let wt = MatRef::rm(w, s.d_out, s.d_in).t();
+    let _exclusive = eng.exclusive();
     par_gemm_cols(eng, MatRef::rm(x, s.n, s.d_in), wt, y)?;
     for row in y.chunks_exact_mut(s.d_out) {
         for (v, &bo) in row.iter_mut().zip(b) {
@@ -57,6 +58,7 @@ pub(super) fn backward(
         check_len(OP, "dx", dx.len(), s.n * s.d_in)?;
     }
     let dy_m = MatRef::rm(dy, s.n, s.d_out);
+    let _exclusive = eng.exclusive();
     if let Some(dx) = dx {
         par_gemm_cols(eng, dy_m, MatRef::rm(w, s.d_out, s.d_in), dx)?;
     }

@@ -1,9 +1,81 @@
-//! The one GEMM entry point of the CPU engine: a bounds-checked safe wrapper over
-//! `matrixmultiply::sgemm`, whose stride arguments express transposed operands (A^T, B^T) without
-//! copying them.
+//! The one GEMM entry point of the CPU engine: a bounds-checked safe wrapper over a strided
+//! single-threaded sgemm, whose stride arguments express transposed operands (A^T, B^T) without
+//! copying them. Two backends:
+//!
+//! - `csrc/sgemm_avx2.c` (x86_64 only, compiled by `build.rs`): BLIS-style packing and cache
+//!   blocking around a 6x16 AVX2/FMA micro-kernel; used when the CPU has AVX2 and FMA.
+//! - `matrixmultiply::sgemm`: everywhere else, and when the environment variable
+//!   `ALEXNET_GEMM=matrixmultiply` is set (read once, at the first GEMM), e.g. to compare the two
+//!   or to rule the C kernel out when chasing a numerical difference.
+
+use std::sync::OnceLock;
 
 use super::{grown, split_mut, split_ranges, CpuEngine};
 use crate::error::{Error, Result};
+
+/// Which sgemm [`gemm`] runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Backend {
+    /// `csrc/sgemm_avx2.c`, with the proof that this CPU has AVX2 and FMA.
+    #[cfg(target_arch = "x86_64")]
+    Avx2(HasAvx2Fma),
+    MatrixMultiply,
+}
+
+/// Made only by [`Backend::avx2`], after it found AVX2 and FMA (its field is private to this
+/// module), so a `Backend::Avx2` cannot be named on a CPU that lacks them.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct HasAvx2Fma(());
+
+impl Backend {
+    /// The C kernel if this CPU can run it, else `None`.
+    pub(crate) fn avx2() -> Option<Backend> {
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            return Some(Backend::Avx2(HasAvx2Fma(())));
+        }
+        None
+    }
+
+    /// The backend [`gemm`] uses, decided once per process: `ALEXNET_GEMM=matrixmultiply` forces
+    /// the fallback; otherwise (unset, or `auto`) the C kernel where the CPU allows it.
+    pub(crate) fn selected() -> Backend {
+        static SELECTED: OnceLock<Backend> = OnceLock::new();
+        *SELECTED.get_or_init(|| {
+            match std::env::var("ALEXNET_GEMM").as_deref() {
+                Ok("matrixmultiply") => return Backend::MatrixMultiply,
+                Ok("auto") | Err(_) => {}
+                Ok(other) => eprintln!(
+                    "warning: ALEXNET_GEMM={other:?} ignored (expected `matrixmultiply` or `auto`)"
+                ),
+            }
+            Backend::avx2().unwrap_or(Backend::MatrixMultiply)
+        })
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+extern "C" {
+    /// `csrc/sgemm_avx2.h`: C = alpha A B + beta C with A(i, l) = a[i rsa + l csa],
+    /// B(l, j) = b[l rsb + j csb], C(i, j) = c[i rsc + j]; beta == 0 does not read C. Returns 0,
+    /// or -1 with C untouched when its packing buffers cannot be allocated.
+    fn alexnet_sgemm_avx2(
+        m: usize,
+        k: usize,
+        n: usize,
+        alpha: f32,
+        a: *const f32,
+        rsa: usize,
+        csa: usize,
+        b: *const f32,
+        rsb: usize,
+        csb: usize,
+        beta: f32,
+        c: *mut f32,
+        rsc: usize,
+    ) -> i32;
+}
 
 /// Narrowest column block worth its own thread in [`par_gemm_cols`].
 const MIN_COLS: usize = 16;
@@ -90,6 +162,18 @@ fn extent(rows: usize, cols: usize, rs: usize, cs: usize) -> usize {
 
 /// C = alpha * A B + beta * C. With beta == 0, C is not read (it may hold NaN).
 pub(crate) fn gemm(alpha: f32, a: MatRef, b: MatRef, beta: f32, c: MatMut) -> Result<()> {
+    gemm_with(Backend::selected(), alpha, a, b, beta, c)
+}
+
+/// [`gemm`] through the given backend.
+pub(crate) fn gemm_with(
+    backend: Backend,
+    alpha: f32,
+    a: MatRef,
+    b: MatRef,
+    beta: f32,
+    c: MatMut,
+) -> Result<()> {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     let bad = |msg: String| Err(Error::shape("gemm", msg));
     if b.rows != k || c.rows != m || c.cols != n {
@@ -117,12 +201,41 @@ pub(crate) fn gemm(alpha: f32, a: MatRef, b: MatRef, beta: f32, c: MatMut) -> Re
         }
         return Ok(());
     }
-    // SAFETY: the checks above guarantee that every element sgemm reads, (i,j) -> i*rs + j*cs
-    // for i < rows and j < cols, lies inside `a.data`/`b.data`, and every element it writes lies
-    // inside `c.data`, whose rows (stride rs >= n, column stride 1) do not alias each other. The
-    // borrow checker guarantees that C (a &mut slice) overlaps neither A nor B. All strides are
-    // below isize::MAX because they index into live slices.
+    // SAFETY: the checks above guarantee that every element either sgemm reads,
+    // (i,j) -> i*rs + j*cs for i < rows and j < cols, lies inside `a.data`/`b.data`, and every
+    // element it writes lies inside `c.data`, whose rows (stride rs >= n, column stride 1) do not
+    // alias each other. The borrow checker guarantees that C (a &mut slice) overlaps neither A nor
+    // B. All strides are below isize::MAX because they index into live slices. A `Backend::Avx2`
+    // exists only after `Backend::avx2()` found AVX2 and FMA on this CPU (`HasAvx2Fma`), which
+    // the C kernel's instructions need. The C kernel reads and writes nothing else: it keeps no
+    // state between calls (it allocates its packing buffers per call), so the engine's threads
+    // may call it concurrently.
     unsafe {
+        #[cfg(target_arch = "x86_64")]
+        if let Backend::Avx2(_) = backend {
+            let status = alexnet_sgemm_avx2(
+                m,
+                k,
+                n,
+                alpha,
+                a.data.as_ptr(),
+                a.rs,
+                a.cs,
+                b.data.as_ptr(),
+                b.rs,
+                b.cs,
+                beta,
+                c.data.as_mut_ptr(),
+                c.rs,
+            );
+            if status == 0 {
+                return Ok(());
+            }
+            // Its packing buffers could not be allocated (C is untouched): matrixmultiply
+            // needs less, so let it try.
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = backend;
         matrixmultiply::sgemm(
             m,
             k,
@@ -239,6 +352,230 @@ mod tests {
         for (g, w) in c.iter().zip(&want) {
             // k = 7 products of O(1) numbers: a few f32 ulps.
             assert!((*g as f64 - w).abs() < 1e-5, "{g} vs {w}");
+        }
+    }
+
+    /// The backends to test: matrixmultiply, and the C kernel where this CPU has AVX2 + FMA.
+    fn backends() -> Vec<Backend> {
+        let mut v = vec![Backend::MatrixMultiply];
+        match Backend::avx2() {
+            Some(b) => v.push(b),
+            None => eprintln!("skipped: the AVX2/FMA kernel (this CPU lacks AVX2 or FMA)"),
+        }
+        v
+    }
+
+    /// Values in [-1, 1), from a seed.
+    fn values(len: usize, seed: u64) -> Vec<f32> {
+        (0..len as u64)
+            .map(|i| crate::rng::uniform_at(seed, i) * 2.0 - 1.0)
+            .collect()
+    }
+
+    /// C = alpha A B + beta C through `backend` against an f64 product, with A (m x k) and B
+    /// (k x n) stored transposed or not and with padded leading dimensions, and C with a padded
+    /// row stride whose padding must stay untouched. beta == 0 poisons C with NaN.
+    #[allow(clippy::too_many_arguments)]
+    fn check(
+        backend: Backend,
+        (m, k, n): (usize, usize, usize),
+        ta: bool,
+        tb: bool,
+        alpha: f32,
+        beta: f32,
+        seed: u64,
+    ) {
+        // Stored A: m x k row-major, or k x m row-major viewed transposed; leading dim + 3.
+        let (ar, ac) = if ta { (k, m) } else { (m, k) };
+        let a_store = values(ar * (ac + 3), seed);
+        let mut av = MatRef {
+            data: &a_store,
+            rows: ar,
+            cols: ac,
+            rs: ac + 3,
+            cs: 1,
+        };
+        if ta {
+            av = av.t();
+        }
+        let (br, bc) = if tb { (n, k) } else { (k, n) };
+        let b_store = values(br * (bc + 1), seed + 1);
+        let mut bv = MatRef {
+            data: &b_store,
+            rows: br,
+            cols: bc,
+            rs: bc + 1,
+            cs: 1,
+        };
+        if tb {
+            bv = bv.t();
+        }
+        let rsc = n + 2;
+        const PAD: f32 = 1234.5;
+        let c0: Vec<f32> = values(m * rsc, seed + 2)
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| match (i % rsc >= n, beta == 0.0) {
+                (true, _) => PAD,
+                (false, true) => f32::NAN,
+                (false, false) => v,
+            })
+            .collect();
+        let mut c = c0.clone();
+        let mc = MatMut {
+            data: &mut c,
+            rows: m,
+            cols: n,
+            rs: rsc,
+        };
+        gemm_with(backend, alpha, av, bv, beta, mc).unwrap();
+        for i in 0..m {
+            for j in 0..n {
+                let (mut want, mut mag) = (0.0f64, 0.0f64);
+                for l in 0..k {
+                    let p = av.data[i * av.rs + l * av.cs] as f64
+                        * bv.data[l * bv.rs + j * bv.cs] as f64;
+                    want += p;
+                    mag += p.abs();
+                }
+                let c_old = if beta == 0.0 {
+                    0.0
+                } else {
+                    c0[i * rsc + j] as f64
+                };
+                want = alpha as f64 * want + beta as f64 * c_old;
+                mag = (alpha as f64 * mag).abs() + (beta as f64 * c_old).abs();
+                // Each f32 multiply-add rounds once (relative error <= u = 2^-24), so a length-k
+                // dot product summed in any order (the kernel sums k in blocks, then adds the
+                // blocks' partials into C) is off by at most ~k u sum|a||b|; scaling by alpha and
+                // adding beta C round twice more: (k + 2) u (|alpha| sum|a||b| + |beta C|). The
+                // f64 products are exact and their sum is 2^29 times more accurate.
+                let tol = (k + 2) as f64 * 2f64.powi(-24) * mag;
+                let got = c[i * rsc + j] as f64;
+                assert!(
+                    (got - want).abs() <= tol,
+                    "{backend:?} m{m} k{k} n{n} ta{ta} tb{tb} beta{beta}: C[{i}][{j}] = {got}, \
+                     want {want} (tol {tol:e})"
+                );
+            }
+            assert!(
+                c[i * rsc + n..(i + 1) * rsc].iter().all(|&v| v == PAD),
+                "{backend:?} m{m} k{k} n{n}: wrote past row {i}"
+            );
+        }
+    }
+
+    #[test]
+    fn matches_f64_on_odd_shapes_strides_and_betas() {
+        let dims = [1, 5, 6, 7, 17, 95];
+        let ks = [1, 7, 16, 17, 255, 257, 600];
+        for backend in backends() {
+            let mut seed = 0;
+            for &m in &dims {
+                for &n in dims.iter().chain(&[16, 33]) {
+                    for &k in &ks {
+                        for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)]
+                        {
+                            for (alpha, beta) in [(1.0, 0.0), (1.0, 1.0), (-0.5, 0.75)] {
+                                seed += 3;
+                                check(backend, (m, k, n), ta, tb, alpha, beta, seed);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn matches_f64_across_cache_blocks() {
+        // m past MC (144), n past NC (4080), k past KC (256) and over several of its blocks.
+        let shapes = [
+            (300, 300, 40),
+            (145, 33, 50),
+            (7, 20, 4100),
+            (13, 1200, 17),
+            (8, 2304, 37),
+            (5, 9216, 19),
+        ];
+        for backend in backends() {
+            for (s, &shape) in shapes.iter().enumerate() {
+                for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+                    for beta in [0.0, 1.0] {
+                        check(backend, shape, ta, tb, 1.0, beta, 1000 + s as u64);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Single-threaded GFLOP/s of both backends on the engine's AlexNet shapes (per image and
+    /// group; the FC layers as the two-thread column/row split calls them), timed alternately so
+    /// that machine noise hits both alike. `cargo test --release --lib gemm_rates -- --ignored
+    /// --nocapture`.
+    #[test]
+    #[ignore]
+    fn gemm_rates() {
+        let Some(avx2) = Backend::avx2() else {
+            eprintln!("skipped: no AVX2/FMA");
+            return;
+        };
+        // (name, m, k, n, A transposed, B transposed, beta)
+        let shapes = [
+            ("conv1 fwd", 96, 363, 3025, false, false, 0.0),
+            ("conv2 fwd", 128, 1200, 729, false, false, 0.0),
+            ("conv3 fwd", 384, 2304, 169, false, false, 0.0),
+            ("conv4 fwd", 192, 1728, 169, false, false, 0.0),
+            ("conv5 fwd", 128, 1728, 169, false, false, 0.0),
+            ("conv2 bwd-data", 1200, 128, 729, true, false, 0.0),
+            ("conv3 bwd-data", 2304, 384, 169, true, false, 0.0),
+            ("conv4 bwd-data", 1728, 192, 169, true, false, 0.0),
+            ("conv1 bwd-weights", 96, 3025, 363, false, true, 1.0),
+            ("conv2 bwd-weights", 128, 729, 1200, false, true, 1.0),
+            ("conv3 bwd-weights", 384, 169, 2304, false, true, 1.0),
+            ("fc6 fwd (half)", 128, 9216, 2048, false, true, 0.0),
+            ("fc6 bwd-data (half)", 128, 4096, 4608, false, false, 0.0),
+            ("fc6 bwd-weights (half)", 2048, 128, 9216, true, false, 0.0),
+            ("square 2048", 2048, 2048, 2048, false, false, 0.0),
+        ];
+        println!("shape                     m     k     n   matrixmultiply   avx2 kernel  speedup");
+        for (name, m, k, n, ta, tb, beta) in shapes {
+            let a = values(m * k, 1);
+            let b = values(k * n, 2);
+            let mut c = values(m * n, 3);
+            let av = if ta {
+                MatRef::rm(&a, k, m).t()
+            } else {
+                MatRef::rm(&a, m, k)
+            };
+            let bv = if tb {
+                MatRef::rm(&b, n, k).t()
+            } else {
+                MatRef::rm(&b, k, n)
+            };
+            let flops = 2.0 * (m * k * n) as f64;
+            // At least 3 rounds and ~0.6 s per backend.
+            let reps = ((0.3e9 / flops) as usize).max(1);
+            let mut best = [f64::INFINITY; 2];
+            let mut spent = 0.0;
+            let mut round = 0;
+            while round < 3 || spent < 1.2 {
+                for (slot, backend) in [Backend::MatrixMultiply, avx2].into_iter().enumerate() {
+                    let t = std::time::Instant::now();
+                    for _ in 0..reps {
+                        gemm_with(backend, 1.0, av, bv, beta, MatMut::rm(&mut c, m, n)).unwrap();
+                    }
+                    let s = t.elapsed().as_secs_f64();
+                    spent += s;
+                    best[slot] = best[slot].min(s / reps as f64);
+                }
+                round += 1;
+            }
+            let (old, new) = (flops / best[0] / 1e9, flops / best[1] / 1e9);
+            println!(
+                "{name:<22} {m:>5} {k:>5} {n:>5}  {old:>9.1} GFLOP/s {new:>7.1} GFLOP/s  {:>5.2}x",
+                new / old
+            );
         }
     }
 

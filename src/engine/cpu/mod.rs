@@ -32,7 +32,9 @@ use std::sync::{Mutex, MutexGuard};
 
 use rayon::prelude::*;
 
-use super::{check_len, ConvShape, Engine, FcShape, LrnParams, LrnShape, PoolShape};
+use super::{
+    check_len, Blocks, ConvShape, Engine, FcShape, LrnParams, LrnShape, MaskSlice, PoolShape,
+};
 use crate::error::{Error, Result};
 
 /// Per-part scratch memory, grown on demand and kept between calls.
@@ -90,6 +92,10 @@ pub struct CpuEngine {
     pool: rayon::ThreadPool,
     threads: usize,
     scratch: Vec<Mutex<Scratch>>,
+    /// Held by the ops whose parts leave results in their scratch for a final combine step
+    /// (weight-gradient partial sums, FC column blocks): two callers sharing one engine (two
+    /// columns on one executor) must not interleave between the parts and the combine.
+    combine: Mutex<()>,
 }
 
 impl CpuEngine {
@@ -111,12 +117,18 @@ impl CpuEngine {
             pool,
             threads,
             scratch: (0..threads).map(|_| Mutex::default()).collect(),
+            combine: Mutex::default(),
         })
     }
 
     /// The number of worker threads.
     pub fn threads(&self) -> usize {
         self.threads
+    }
+
+    /// Exclusive use of every part's scratch until the guard drops (see `combine`).
+    fn exclusive(&self) -> MutexGuard<'_, ()> {
+        self.combine.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Part `i`'s scratch. A poisoned lock only means an earlier caller panicked mid-op; the
@@ -190,6 +202,35 @@ impl Engine for CpuEngine {
     fn copy(&self, dst: &mut Vec<f32>, src: &Vec<f32>) -> Result<()> {
         check_len("copy", "src", src.len(), dst.len())?;
         dst.copy_from_slice(src);
+        Ok(())
+    }
+
+    fn add(&self, dst: &mut Vec<f32>, src: &Vec<f32>) -> Result<()> {
+        check_len("add", "src", src.len(), dst.len())?;
+        self.par_chunks(dst, |off, c| {
+            for (d, s) in c.iter_mut().zip(&src[off..]) {
+                *d += s;
+            }
+        });
+        Ok(())
+    }
+
+    // Host memory is shared by every CPU executor: a strided memcpy.
+    fn copy_blocks_from(
+        &self,
+        dst: &mut Vec<f32>,
+        _src_engine: &CpuEngine,
+        src: &Vec<f32>,
+        b: &Blocks,
+    ) -> Result<()> {
+        b.check("copy_blocks_from", src.len(), dst.len())?;
+        for i in 0..b.count {
+            let (s, d) = (
+                b.src_offset + i * b.src_stride,
+                b.dst_offset + i * b.dst_stride,
+            );
+            dst[d..d + b.len].copy_from_slice(&src[s..s + b.len]);
+        }
         Ok(())
     }
 
@@ -318,8 +359,14 @@ impl Engine for CpuEngine {
         fc::backward(self, s, x, w, dy, dx.map(|v| v.as_mut_slice()), dw, db)
     }
 
-    fn dropout_forward(&self, x: &mut Vec<f32>, p: f32, keep_scale: f32, seed: u64) -> Result<()> {
-        pointwise::dropout(self, "dropout_forward", x, p, keep_scale, seed)
+    fn dropout_forward(
+        &self,
+        x: &mut Vec<f32>,
+        p: f32,
+        keep_scale: f32,
+        m: &MaskSlice,
+    ) -> Result<()> {
+        pointwise::dropout(self, "dropout_forward", x, p, keep_scale, m)
     }
 
     fn dropout_backward(
@@ -327,9 +374,9 @@ impl Engine for CpuEngine {
         dy: &mut Vec<f32>,
         p: f32,
         keep_scale: f32,
-        seed: u64,
+        m: &MaskSlice,
     ) -> Result<()> {
-        pointwise::dropout(self, "dropout_backward", dy, p, keep_scale, seed)
+        pointwise::dropout(self, "dropout_backward", dy, p, keep_scale, m)
     }
 
     fn softmax_xent(

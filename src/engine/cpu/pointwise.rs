@@ -4,7 +4,7 @@
 use rayon::prelude::*;
 
 use super::CpuEngine;
-use crate::engine::check_len;
+use crate::engine::{check_len, MaskSlice};
 use crate::error::{Error, Result};
 use crate::rng::dropout_keep;
 
@@ -29,10 +29,10 @@ pub(super) fn relu_forward(eng: &CpuEngine, x: &mut [f32]) -> Result<()> {
 pub(super) fn relu_backward(eng: &CpuEngine, y: &[f32], dy: &mut [f32]) -> Result<()> {
     check_len("relu_backward", "y", y.len(), dy.len())?;
     zip_chunks(eng, dy, y, |d, y| {
+        // A select, not a conditional store: it vectorises (the branch took 84 ms for relu1's
+        // 37M elements at batch 128, 10x the forward, on half-mispredicted branches).
         for (d, &y) in d.iter_mut().zip(y) {
-            if y <= 0.0 {
-                *d = 0.0;
-            }
+            *d = if y <= 0.0 { 0.0 } else { *d };
         }
     });
     Ok(())
@@ -62,16 +62,17 @@ pub(super) fn dropout(
     x: &mut [f32],
     p: f32,
     keep_scale: f32,
-    seed: u64,
+    m: &MaskSlice,
 ) -> Result<()> {
     if !(0.0..=1.0).contains(&p) {
         return Err(Error::Config(format!(
             "{op}: drop probability {p} is outside [0, 1]"
         )));
     }
+    m.check(op, x.len())?;
     eng.par_chunks(x, |off, c| {
         for (i, v) in c.iter_mut().enumerate() {
-            *v = if dropout_keep(seed, (off + i) as u64, p) {
+            *v = if dropout_keep(m.seed, m.index(off + i), p) {
                 *v * keep_scale
             } else {
                 0.0

@@ -16,13 +16,25 @@ use std::ffi::c_char;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
-use crate::engine::{check_len, ConvShape, Engine, FcShape, LrnParams, LrnShape, PoolShape};
+use crate::engine::{
+    check_len, Blocks, ConvShape, Engine, FcShape, LrnParams, LrnShape, MaskSlice, PoolShape,
+};
 use crate::error::{Error, Result};
 
 pub use memory::DeviceBuffer;
 use memory::DeviceMem;
 
 /// Number of CUDA devices the runtime sees; `Error::NoDevice` when there is no driver or GPU.
+/// Enables direct access from `device` to `peer`'s memory; false where the pair cannot (copies
+/// between them then stage through host memory, slower but correct).
+pub fn enable_peer_access(device: usize, peer: usize) -> Result<bool> {
+    let mut enabled: i32 = 0;
+    // SAFETY: anc_enable_peer writes one int through the valid `&mut enabled`.
+    let st = unsafe { ffi::anc_enable_peer(device as i32, peer as i32, &mut enabled) };
+    status::check(&st)?;
+    Ok(enabled != 0)
+}
+
 pub fn device_count() -> Result<usize> {
     let mut count: i32 = 0;
     // SAFETY: anc_device_count writes one int through the valid `&mut count`.
@@ -302,6 +314,51 @@ impl Engine for CudaEngine {
             )
         };
         status::check(&st)
+    }
+
+    fn add(&self, dst: &mut DeviceBuffer, src: &DeviceBuffer) -> Result<()> {
+        check_len("add", "src", src.len(), dst.len())?;
+        let inner = self.lock();
+        // SAFETY: both buffers hold dst.len() f32; `&mut dst` and `&src` cannot alias.
+        let st = unsafe { ffi::anc_add(inner.ctx, dst.as_mut_ptr(), src.as_ptr(), dst.len()) };
+        status::check(&st)
+    }
+
+    // The source device's queued work (which produced `src`) is finished first; the copy runs on
+    // this engine's stream and is waited for, so neither side can touch the blocks mid-copy.
+    fn copy_blocks_from(
+        &self,
+        dst: &mut DeviceBuffer,
+        src_engine: &CudaEngine,
+        src: &DeviceBuffer,
+        b: &Blocks,
+    ) -> Result<()> {
+        b.check("copy_blocks_from", src.len(), dst.len())?;
+        if b.floats() == 0 {
+            return Ok(());
+        }
+        if !std::ptr::eq(self, src_engine) {
+            src_engine.synchronize()?;
+        }
+        {
+            let inner = self.lock();
+            let f = std::mem::size_of::<f32>();
+            // SAFETY: b.check proved every block lies inside src and dst (pitches and offsets in
+            // floats, scaled to bytes here); src and dst are distinct allocations (`&mut dst`).
+            let st = unsafe {
+                ffi::anc_copy_2d(
+                    inner.ctx,
+                    dst.as_mut_ptr().add(b.dst_offset).cast(),
+                    b.dst_stride * f,
+                    src.as_ptr().add(b.src_offset).cast(),
+                    b.src_stride * f,
+                    b.len * f,
+                    b.count,
+                )
+            };
+            status::check(&st)?;
+        }
+        self.synchronize()
     }
 
     fn fill(&self, buf: &mut DeviceBuffer, value: f32) -> Result<()> {
@@ -659,30 +716,42 @@ impl Engine for CudaEngine {
         status::check(&st)
     }
 
-    // x[i] = keep(seed, i, p) ? x[i] * keep_scale : 0
+    // x[i] = keep(seed, m.index(i), p) ? x[i] * keep_scale : 0
     fn dropout_forward(
         &self,
         x: &mut DeviceBuffer,
         p: f32,
         keep_scale: f32,
-        seed: u64,
+        m: &MaskSlice,
     ) -> Result<()> {
+        m.check("dropout_forward", x.len())?;
         let inner = self.lock();
-        // SAFETY: x holds x.len() f32.
-        let st =
-            unsafe { ffi::anc_dropout(inner.ctx, x.as_mut_ptr(), x.len(), p, keep_scale, seed) };
+        // SAFETY: x holds x.len() f32; the mask slice only changes which hash each element uses.
+        let st = unsafe {
+            ffi::anc_dropout(
+                inner.ctx,
+                x.as_mut_ptr(),
+                x.len(),
+                p,
+                keep_scale,
+                m.seed,
+                m.width,
+                m.total,
+                m.offset,
+            )
+        };
         status::check(&st)
     }
 
-    // dy[i] = keep(seed, i, p) ? dy[i] * keep_scale : 0 (the forward mask, recomputed)
+    // dy[i] = keep(seed, m.index(i), p) ? dy[i] * keep_scale : 0 (the forward mask, recomputed)
     fn dropout_backward(
         &self,
         dy: &mut DeviceBuffer,
         p: f32,
         keep_scale: f32,
-        seed: u64,
+        m: &MaskSlice,
     ) -> Result<()> {
-        self.dropout_forward(dy, p, keep_scale, seed)
+        self.dropout_forward(dy, p, keep_scale, m)
     }
 
     // probs[N,K] = softmax(logits); dlogits = (probs - onehot) / N; returns the mean loss
