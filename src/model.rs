@@ -1,6 +1,7 @@
 //! Runs the architecture table (`arch.rs`) on any [`Engine`]: parameters, activations, forward,
-//! backward and the paper's SGD step. One device; the two columns are expressed as groups (conv)
-//! and per-column windows (LRN), so this computes exactly the paper's two-GPU function.
+//! backward and the paper's SGD step. On one device the two columns are expressed as groups
+//! (conv) and per-column windows (LRN), so this computes exactly the paper's two-GPU function;
+//! for model parallelism (`parallel.rs`) a `Model` runs one column's share of every row.
 
 use crate::arch::{ArchConfig, ColumnRow, Kind};
 use crate::engine::{ConvShape, Engine, FcShape, LrnShape, MaskSlice, PoolShape};
@@ -363,70 +364,63 @@ impl<E: Engine> Model<E> {
     pub(crate) fn forward_row(&mut self, e: &E, row: usize, train_seed: Option<u64>) -> Result<()> {
         let keep_scale = self.dropout_keep_scale();
         let lrn = self.cfg.lrn();
-        {
-            let started = self.profile.is_some().then(std::time::Instant::now);
-            let s = &self.steps[row];
-            let (input, output) = (s.input, s.output);
-            match s.row.plan.layer.kind {
-                Kind::Conv { .. } => {
-                    let shape = self.conv_shape(s);
-                    let w = s.param.expect("conv rows own parameters");
-                    let (x, y) = two(&mut self.acts, input, output);
-                    e.conv_forward(
-                        &shape,
-                        x,
-                        &self.params[w].value,
-                        &self.params[w + 1].value,
-                        y,
-                    )?;
-                }
-                Kind::Fc { .. } => {
-                    let shape = self.fc_shape(s);
-                    let w = s.param.expect("fc rows own parameters");
-                    let (x, y) = two(&mut self.acts, input, output);
-                    e.fc_forward(
-                        &shape,
-                        x,
-                        &self.params[w].value,
-                        &self.params[w + 1].value,
-                        y,
-                    )?;
-                }
-                Kind::Relu => e.relu_forward(&mut self.acts[output])?,
-                Kind::Lrn => {
-                    let shape = self.lrn_shape(s);
-                    let scale = &mut self.lrn_scales[s.scale.expect("lrn rows own a scale")];
-                    let (x, y) = two(&mut self.acts, input, output);
-                    e.lrn_forward(&shape, &lrn, x, y, scale)?;
-                }
-                Kind::MaxPool { .. } => {
-                    let shape = self.pool_shape(s);
-                    let (x, y) = two(&mut self.acts, input, output);
-                    e.maxpool_forward(&shape, x, y)?;
-                }
-                Kind::Dropout => match train_seed {
-                    Some(seed) if self.cfg.dropout > 0.0 => {
-                        let mask = self.mask(seed, row);
-                        e.dropout_forward(
-                            &mut self.acts[output],
-                            self.cfg.dropout,
-                            keep_scale,
-                            &mask,
-                        )?
-                    }
-                    None if self.cfg.dropout_paper_scaling && self.cfg.dropout > 0.0 => {
-                        // Section 4.2: "at test time, we use all the neurons but multiply
-                        // their outputs by 0.5".
-                        e.scale(&mut self.acts[output], 1.0 - self.cfg.dropout)?
-                    }
-                    _ => {}
-                },
+        let started = self.profile.is_some().then(std::time::Instant::now);
+        let s = &self.steps[row];
+        let (input, output) = (s.input, s.output);
+        match s.row.plan.layer.kind {
+            Kind::Conv { .. } => {
+                let shape = self.conv_shape(s);
+                let w = s.param.expect("conv rows own parameters");
+                let (x, y) = two(&mut self.acts, input, output);
+                e.conv_forward(
+                    &shape,
+                    x,
+                    &self.params[w].value,
+                    &self.params[w + 1].value,
+                    y,
+                )?;
             }
-            if let Some(t0) = started {
-                e.synchronize()?;
-                if let Some(p) = self.profile.as_mut() {
-                    p[row].0 = t0.elapsed().as_secs_f64();
+            Kind::Fc { .. } => {
+                let shape = self.fc_shape(s);
+                let w = s.param.expect("fc rows own parameters");
+                let (x, y) = two(&mut self.acts, input, output);
+                e.fc_forward(
+                    &shape,
+                    x,
+                    &self.params[w].value,
+                    &self.params[w + 1].value,
+                    y,
+                )?;
+            }
+            Kind::Relu => e.relu_forward(&mut self.acts[output])?,
+            Kind::Lrn => {
+                let shape = self.lrn_shape(s);
+                let scale = &mut self.lrn_scales[s.scale.expect("lrn rows own a scale")];
+                let (x, y) = two(&mut self.acts, input, output);
+                e.lrn_forward(&shape, &lrn, x, y, scale)?;
+            }
+            Kind::MaxPool { .. } => {
+                let shape = self.pool_shape(s);
+                let (x, y) = two(&mut self.acts, input, output);
+                e.maxpool_forward(&shape, x, y)?;
+            }
+            Kind::Dropout => match train_seed {
+                Some(seed) if self.cfg.dropout > 0.0 => {
+                    let mask = self.mask(seed, row);
+                    e.dropout_forward(&mut self.acts[output], self.cfg.dropout, keep_scale, &mask)?
                 }
+                None if self.cfg.dropout_paper_scaling && self.cfg.dropout > 0.0 => {
+                    // Section 4.2: "at test time, we use all the neurons but multiply
+                    // their outputs by 0.5".
+                    e.scale(&mut self.acts[output], 1.0 - self.cfg.dropout)?
+                }
+                _ => {}
+            },
+        }
+        if let Some(t0) = started {
+            e.synchronize()?;
+            if let Some(p) = self.profile.as_mut() {
+                p[row].0 = t0.elapsed().as_secs_f64();
             }
         }
         Ok(())
@@ -479,81 +473,79 @@ impl<E: Engine> Model<E> {
     ) -> Result<()> {
         let keep_scale = self.dropout_keep_scale();
         let lrn = self.cfg.lrn();
-        {
-            let started = self.profile.is_some().then(std::time::Instant::now);
-            let s = &self.steps[row];
-            let (input, output) = (s.input, s.output);
-            // The first layer's input is the image: its gradient is never needed.
-            let needs_dx = input != 0;
-            match s.row.plan.layer.kind {
-                Kind::Conv { .. } => {
-                    let shape = self.conv_shape(s);
-                    let w = s.param.expect("conv rows own parameters");
-                    let (wp, bp) = two(&mut self.params, w, w + 1);
-                    e.conv_backward_weights(
-                        &shape,
-                        &self.acts[input],
-                        &self.grads[output],
-                        &mut wp.grad,
-                        &mut bp.grad,
-                    )?;
-                    if needs_dx {
-                        let (dx, dy) = two(&mut self.grads, input, output);
-                        e.conv_backward_data(&shape, dy, &wp.value, dx)?;
-                    }
-                }
-                Kind::Fc { .. } => {
-                    let shape = self.fc_shape(s);
-                    let w = s.param.expect("fc rows own parameters");
-                    let (wp, bp) = two(&mut self.params, w, w + 1);
+        let started = self.profile.is_some().then(std::time::Instant::now);
+        let s = &self.steps[row];
+        let (input, output) = (s.input, s.output);
+        // The first layer's input is the image: its gradient is never needed.
+        let needs_dx = input != 0;
+        match s.row.plan.layer.kind {
+            Kind::Conv { .. } => {
+                let shape = self.conv_shape(s);
+                let w = s.param.expect("conv rows own parameters");
+                let (wp, bp) = two(&mut self.params, w, w + 1);
+                e.conv_backward_weights(
+                    &shape,
+                    &self.acts[input],
+                    &self.grads[output],
+                    &mut wp.grad,
+                    &mut bp.grad,
+                )?;
+                if needs_dx {
                     let (dx, dy) = two(&mut self.grads, input, output);
-                    e.fc_backward(
-                        &shape,
-                        &self.acts[input],
-                        &wp.value,
-                        dy,
-                        needs_dx.then_some(dx),
-                        &mut wp.grad,
-                        &mut bp.grad,
-                    )?;
-                }
-                Kind::Relu => e.relu_backward(&self.acts[output], &mut self.grads[output])?,
-                Kind::Lrn => {
-                    let shape = self.lrn_shape(s);
-                    let scale = &self.lrn_scales[s.scale.expect("lrn rows own a scale")];
-                    let (dx, dy) = two(&mut self.grads, input, output);
-                    e.lrn_backward(
-                        &shape,
-                        &lrn,
-                        &self.acts[input],
-                        &self.acts[output],
-                        scale,
-                        dy,
-                        dx,
-                    )?;
-                }
-                Kind::MaxPool { .. } => {
-                    let shape = self.pool_shape(s);
-                    let (dx, dy) = two(&mut self.grads, input, output);
-                    e.maxpool_backward(&shape, &self.acts[input], &self.acts[output], dy, dx)?;
-                }
-                Kind::Dropout => {
-                    if let Some(seed) = train_seed.filter(|_| self.cfg.dropout > 0.0) {
-                        let mask = self.mask(seed, row);
-                        e.dropout_backward(
-                            &mut self.grads[output],
-                            self.cfg.dropout,
-                            keep_scale,
-                            &mask,
-                        )?;
-                    }
+                    e.conv_backward_data(&shape, dy, &wp.value, dx)?;
                 }
             }
-            if let Some(t0) = started {
-                e.synchronize()?;
-                if let Some(p) = self.profile.as_mut() {
-                    p[row].1 = t0.elapsed().as_secs_f64();
+            Kind::Fc { .. } => {
+                let shape = self.fc_shape(s);
+                let w = s.param.expect("fc rows own parameters");
+                let (wp, bp) = two(&mut self.params, w, w + 1);
+                let (dx, dy) = two(&mut self.grads, input, output);
+                e.fc_backward(
+                    &shape,
+                    &self.acts[input],
+                    &wp.value,
+                    dy,
+                    needs_dx.then_some(dx),
+                    &mut wp.grad,
+                    &mut bp.grad,
+                )?;
+            }
+            Kind::Relu => e.relu_backward(&self.acts[output], &mut self.grads[output])?,
+            Kind::Lrn => {
+                let shape = self.lrn_shape(s);
+                let scale = &self.lrn_scales[s.scale.expect("lrn rows own a scale")];
+                let (dx, dy) = two(&mut self.grads, input, output);
+                e.lrn_backward(
+                    &shape,
+                    &lrn,
+                    &self.acts[input],
+                    &self.acts[output],
+                    scale,
+                    dy,
+                    dx,
+                )?;
+            }
+            Kind::MaxPool { .. } => {
+                let shape = self.pool_shape(s);
+                let (dx, dy) = two(&mut self.grads, input, output);
+                e.maxpool_backward(&shape, &self.acts[input], &self.acts[output], dy, dx)?;
+            }
+            Kind::Dropout => {
+                if let Some(seed) = train_seed.filter(|_| self.cfg.dropout > 0.0) {
+                    let mask = self.mask(seed, row);
+                    e.dropout_backward(
+                        &mut self.grads[output],
+                        self.cfg.dropout,
+                        keep_scale,
+                        &mask,
+                    )?;
                 }
+            }
+        }
+        if let Some(t0) = started {
+            e.synchronize()?;
+            if let Some(p) = self.profile.as_mut() {
+                p[row].1 = t0.elapsed().as_secs_f64();
             }
         }
         Ok(())

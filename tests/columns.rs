@@ -54,8 +54,7 @@ fn step(net: &mut Network<CpuEngine>, engines: &[CpuEngine], cfg: &ArchConfig) -
 /// added), so each is within f32 rounding of the exact value and of each other: norm-wise 1e-5
 /// is ~100x that rounding (sqrt(K) * 6e-8 for K up to 4096) yet a wrong block (a column's maps
 /// in the wrong place, a missing gradient sum, a different dropout mask) is O(1).
-fn check_split_matches_whole(executors: usize) {
-    let cfg = cfg();
+fn check_split_matches_whole(cfg: ArchConfig, executors: usize) {
     let whole_engine = [CpuEngine::new(2).unwrap()];
     let split_engines: Vec<CpuEngine> = (0..executors)
         .map(|_| CpuEngine::new(2 / executors).unwrap())
@@ -130,12 +129,25 @@ fn check_split_matches_whole(executors: usize) {
 
 #[test]
 fn two_columns_on_two_executors_equal_one_executor() {
-    check_split_matches_whole(2);
+    check_split_matches_whole(cfg(), 2);
 }
 
 #[test]
 fn two_columns_on_one_executor_equal_one_executor() {
-    check_split_matches_whole(1);
+    check_split_matches_whole(cfg(), 1);
+}
+
+/// Other connectivity (conv5 also reads both columns): still the one-executor function, and
+/// one more gather's worth of traffic.
+#[test]
+fn other_connectivity_splits_the_same_way() {
+    let cfg = ArchConfig {
+        cross_column: ["conv3", "conv5", "fc6", "fc7", "fc8"]
+            .map(String::from)
+            .to_vec(),
+        ..cfg()
+    };
+    check_split_matches_whole(cfg, 2);
 }
 
 /// Checkpoint tensors of a split net load into a whole net (and back) unchanged.

@@ -1,5 +1,6 @@
-//! The fast CPU engine (f32): im2col + GEMM through `matrixmultiply`, parallel over the images
-//! of the batch on the engine's own rayon pool.
+//! The fast CPU engine (f32): im2col + GEMM, parallel over the images of the batch on the
+//! engine's own rayon pool. The GEMM is the AVX2/FMA kernel of `csrc/sgemm_avx2.c` where the CPU
+//! has both, else `matrixmultiply` (see [`gemm`]).
 //!
 //! How the work is split (the machine this was tuned on has 2 cores; see `benches/layers.rs`):
 //! one single-threaded GEMM per core reaches 62-79 GFLOP/s on AlexNet's shapes and two concurrent
@@ -17,7 +18,7 @@
 //! it, 64 without).
 //!
 //! One file per layer family: [`conv`], [`fc`], [`lrn`], [`pool`], [`pointwise`], [`loss`]; the
-//! GEMM wrapper is [`gemm`].
+//! GEMM entry point is [`gemm`].
 
 mod conv;
 mod fc;
