@@ -233,17 +233,14 @@ impl<E: Engine> Model<E> {
     /// to its first row), so one- and two-executor runs start from the same weights.
     pub fn initialise(&mut self, e: &E, init: Init, seed: u64) -> Result<()> {
         let root = Rng::new(seed);
-        let first_rows: Vec<(usize, usize)> = self
-            .steps
-            .iter()
-            .filter_map(|s| s.param.map(|w| (w, s.row.out.start)))
-            .collect();
+        // The first row (output channel) of the whole tensor that each weight holds.
+        let mut first_row = vec![0; self.params.len()];
+        for s in &self.steps {
+            if let Some(w) = s.param {
+                first_row[w] = s.row.out.start;
+            }
+        }
         for (i, p) in self.params.iter_mut().enumerate() {
-            let first_row = first_rows
-                .iter()
-                .find(|&&(w, _)| w == i || w + 1 == i)
-                .map_or(0, |&(_, r)| r);
-            let per_row = p.len() / p.shape[0].max(1);
             let layer = p.name.split('.').next().unwrap_or("");
             let hidden_fc = layer == "fc6" || layer == "fc7";
             let values: Vec<f32> = if p.is_bias {
@@ -260,7 +257,7 @@ impl<E: Engine> Model<E> {
                     _ => 0.01,
                 };
                 let mut rng = root.fork(i as u64);
-                rng.skip_normals((first_row * per_row) as u64);
+                rng.skip_normals((first_row[i] * p.len() / p.shape[0]) as u64);
                 (0..p.len()).map(|_| (rng.normal() * std) as f32).collect()
             };
             e.upload(&mut p.value, &values)?;

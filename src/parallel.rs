@@ -294,13 +294,18 @@ impl<E: Engine> ColumnModel<E> {
         Ok(())
     }
 
+    /// Column `c`'s classes among the logits, and the index of its buffer holding them.
+    fn logit_share(&self, c: usize) -> (std::ops::Range<usize>, usize) {
+        let last = self.columns[c].steps.last().expect("a network has rows");
+        (last.row.out.clone(), last.output)
+    }
+
     /// The whole logits, gathered from the columns' shares of the last row onto column 0's
     /// executor.
     fn gather_logits(&mut self, engines: &[E]) -> Result<()> {
         let (n, classes) = (self.batch(), self.cfg.classes);
         for c in 0..self.columns.len() {
-            let last = self.columns[c].steps.last().expect("a network has rows");
-            let (out, idx) = (last.row.out.clone(), last.output);
+            let (out, idx) = self.logit_share(c);
             let b = Blocks {
                 count: n,
                 len: out.len(),
@@ -361,8 +366,7 @@ impl<E: Engine> ColumnModel<E> {
             &mut self.dlogits,
         )?;
         for c in 0..self.columns.len() {
-            let last = self.columns[c].steps.last().expect("a network has rows");
-            let (out, idx) = (last.row.out.clone(), last.output);
+            let (out, idx) = self.logit_share(c);
             let b = Blocks {
                 count: n,
                 len: out.len(),

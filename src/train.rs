@@ -301,15 +301,20 @@ impl TrainArgs {
             return Vec::new();
         }
         [
-            (self.input_size.is_none(), "input 99 (paper: 227)"),
-            (self.batch_size.is_none(), "batch 64 (paper: 128)"),
-            (self.init.is_none(), "--init caffe (paper: paper)"),
-            (self.dropout.is_none(), "--dropout 0 (paper: 0.5)"),
-            (self.epochs.is_none(), "10 epochs"),
+            (
+                self.input_size.is_none(),
+                format!("input {DEMO_INPUT_SIZE} (paper: 227)"),
+            ),
+            (
+                self.batch_size.is_none(),
+                format!("batch {DEMO_BATCH_SIZE} (paper: 128)"),
+            ),
+            (self.init.is_none(), "--init caffe (paper: paper)".into()),
+            (self.dropout.is_none(), "--dropout 0 (paper: 0.5)".into()),
+            (self.epochs.is_none(), format!("{DEMO_EPOCHS} epochs")),
         ]
-        .iter()
-        .filter(|(default, _)| *default)
-        .map(|(_, what)| what.to_string())
+        .into_iter()
+        .filter_map(|(default, what)| default.then_some(what))
         .collect()
     }
 }

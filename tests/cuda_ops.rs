@@ -412,18 +412,7 @@ fn is_shape_err<T>(r: alexnet::Result<T>) -> bool {
 #[test]
 fn host_shape_checks_reject_bad_lengths_and_geometry() {
     let b = plan::SCRATCH_BUDGET_FLOATS;
-    let s = ConvShape {
-        n: 2,
-        c_in: 4,
-        h: 6,
-        w: 5,
-        c_out: 6,
-        kh: 3,
-        kw: 3,
-        stride: 1,
-        pad: 1,
-        groups: 2,
-    };
+    let s = suite::ERROR_CASE_CONV;
     let (x, w, y) = (s.x_len(), s.w_len(), s.y_len());
     assert!(plan::conv_forward(&s, b, x, w, 6, y).is_ok());
     assert!(is_shape_err(plan::conv_forward(&s, b, x - 1, w, 6, y)));

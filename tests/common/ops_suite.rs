@@ -716,22 +716,25 @@ pub fn copy_blocks<E: Engine>(e: &E, src_engine: &E) {
 // error paths
 // ---------------------------------------------------------------------------------------------
 
+/// The small grouped, padded convolution the error-path checks use (here and in cuda_ops.rs).
+pub const ERROR_CASE_CONV: ConvShape = ConvShape {
+    n: 2,
+    c_in: 4,
+    h: 6,
+    w: 5,
+    c_out: 6,
+    kh: 3,
+    kw: 3,
+    stride: 1,
+    pad: 1,
+    groups: 2,
+};
+
 /// Every op rejects a buffer of the wrong length (one element short) with `Error::Shape`, and
 /// convolution rejects impossible geometry, instead of reading out of bounds or panicking.
 pub fn shape_errors<E: Engine>(e: &E) {
     let buf = |len: usize| e.alloc(len).expect("alloc");
-    let s = ConvShape {
-        n: 2,
-        c_in: 4,
-        h: 6,
-        w: 5,
-        c_out: 6,
-        kh: 3,
-        kw: 3,
-        stride: 1,
-        pad: 1,
-        groups: 2,
-    };
+    let s = ERROR_CASE_CONV;
     let (x, w, b, y) = (buf(s.x_len()), buf(s.w_len()), buf(s.c_out), buf(s.y_len()));
     let (xs, ws, bs, ys) = (
         buf(s.x_len() - 1),

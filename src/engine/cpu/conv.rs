@@ -263,11 +263,7 @@ pub(super) fn forward(
 
     if g.split_units(eng.threads()) {
         let ranges = split_ranges(g.units, eng.threads());
-        let parts: Vec<_> = ranges
-            .iter()
-            .cloned()
-            .zip(split_mut(y, &ranges, y_unit))
-            .collect();
+        let parts = split_mut(y, &ranges, y_unit);
         return eng.run_parts(parts, |i, (units, y)| {
             let mut scratch = eng.scratch(i);
             let col = grown(&mut scratch.col, g.k * g.p);
@@ -288,11 +284,7 @@ pub(super) fn forward(
         let grp = u % s.groups;
         let x = &x[u * x_unit..(u + 1) * x_unit];
         let rows = split_ranges(g.k, eng.threads());
-        let parts: Vec<_> = rows
-            .iter()
-            .cloned()
-            .zip(split_mut(col, &rows, g.p))
-            .collect();
+        let parts = split_mut(col, &rows, g.p);
         eng.run_parts(parts, |_, (r, out)| {
             g.im2col(x, r, out);
             Ok(())
@@ -320,11 +312,7 @@ pub(super) fn backward_data(
 
     if g.split_units(eng.threads()) {
         let ranges = split_ranges(g.units, eng.threads());
-        let parts: Vec<_> = ranges
-            .iter()
-            .cloned()
-            .zip(split_mut(dx, &ranges, x_unit))
-            .collect();
+        let parts = split_mut(dx, &ranges, x_unit);
         return eng.run_parts(parts, |i, (units, dx)| {
             let mut scratch = eng.scratch(i);
             let col = grown(&mut scratch.col, g.k * g.p);
@@ -344,11 +332,7 @@ pub(super) fn backward_data(
         let dy = MatRef::rm(&dy[u * y_unit..(u + 1) * y_unit], g.cog, g.p);
         par_gemm_rows(eng, g.w_group(w, u % s.groups).t(), dy, 0.0, col)?;
         let chans = split_ranges(g.cig, eng.threads());
-        let parts: Vec<_> = chans
-            .iter()
-            .cloned()
-            .zip(split_mut(dx, &chans, g.hw))
-            .collect();
+        let parts = split_mut(dx, &chans, g.hw);
         let col = &*col;
         eng.run_parts(parts, |_, (c, dx)| {
             g.col2im(&col[c.start * g.kk * g.p..c.end * g.kk * g.p], dx);
@@ -411,11 +395,7 @@ pub(super) fn backward_weights(
             }
         };
         let chunks = split_ranges(dw.len(), eng.threads());
-        let parts: Vec<_> = chunks
-            .iter()
-            .cloned()
-            .zip(split_mut(dw, &chunks, 1))
-            .collect();
+        let parts = split_mut(dw, &chunks, 1);
         eng.run_parts(parts, |_, (r, out)| {
             sum_into(out, r.start);
             Ok(())
@@ -430,11 +410,7 @@ pub(super) fn backward_weights(
         let (img, grp) = (u / s.groups, u % s.groups);
         let x = &x[u * x_unit..(u + 1) * x_unit];
         let rows = split_ranges(g.k, eng.threads());
-        let parts: Vec<_> = rows
-            .iter()
-            .cloned()
-            .zip(split_mut(col, &rows, g.p))
-            .collect();
+        let parts = split_mut(col, &rows, g.p);
         eng.run_parts(parts, |_, (r, out)| {
             g.im2col(x, r, out);
             Ok(())

@@ -273,11 +273,7 @@ pub(crate) fn par_gemm_rows(
         ));
     };
     let ranges = split_ranges(m, eng.threads());
-    let parts: Vec<_> = ranges
-        .iter()
-        .cloned()
-        .zip(split_mut(c, &ranges, n))
-        .collect();
+    let parts = split_mut(c, &ranges, n);
     eng.run_parts(parts, |_, (r, cp)| {
         let rows = r.len();
         gemm(1.0, a.rows_block(r), b, beta, MatMut::rm(cp, rows, n))

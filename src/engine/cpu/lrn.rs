@@ -105,13 +105,11 @@ pub(super) fn forward(
     )?;
     let (k, alpha) = (p.k, p.effective_alpha());
     let ranges = split_ranges(s.n * s.c, eng.threads());
-    let parts: Vec<_> = ranges
-        .iter()
-        .cloned()
-        .zip(split_mut(y, &ranges, g.hw))
+    let parts: Vec<_> = split_mut(y, &ranges, g.hw)
+        .into_iter()
         .zip(split_mut(scale, &ranges, g.hw))
         .collect();
-    eng.run_parts(parts, |_, ((planes, y), scale)| {
+    eng.run_parts(parts, |_, ((planes, y), (_, scale))| {
         let ys = y.chunks_exact_mut(g.hw);
         for ((q, y), sc) in planes.zip(ys).zip(scale.chunks_exact_mut(g.hw)) {
             let mut win = g.window(q);
@@ -161,11 +159,7 @@ pub(super) fn backward(
     )?;
     let coef = 2.0 * p.effective_alpha() * p.beta;
     let ranges = split_ranges(s.n * s.c, eng.threads());
-    let parts: Vec<_> = ranges
-        .iter()
-        .cloned()
-        .zip(split_mut(dx, &ranges, g.hw))
-        .collect();
+    let parts = split_mut(dx, &ranges, g.hw);
     eng.run_parts(parts, |i, (planes, dx)| {
         let mut scratch = eng.scratch(i);
         let scratch = &mut *scratch;

@@ -73,16 +73,17 @@ fn split_ranges(total: usize, parts: usize) -> Vec<Range<usize>> {
 }
 
 /// Cuts `buf` into consecutive pieces of `r.len() * unit` elements, one per range (the ranges
-/// being consecutive from 0, as `split_ranges` makes them).
+/// being consecutive from 0, as `split_ranges` makes them), each paired with its range: the
+/// parts that `run_parts` hands to the threads.
 fn split_mut<'a>(
     mut buf: &'a mut [f32],
     ranges: &[Range<usize>],
     unit: usize,
-) -> Vec<&'a mut [f32]> {
+) -> Vec<(Range<usize>, &'a mut [f32])> {
     let mut out = Vec::with_capacity(ranges.len());
     for r in ranges {
         let (head, tail) = std::mem::take(&mut buf).split_at_mut(r.len() * unit);
-        out.push(head);
+        out.push((r.clone(), head));
         buf = tail;
     }
     out
@@ -432,8 +433,8 @@ mod tests {
         let mut v: Vec<f32> = (0..10).map(|i| i as f32).collect();
         let parts = split_mut(&mut v, &split_ranges(5, 2), 2);
         assert_eq!(parts.len(), 2);
-        assert_eq!(parts[0], &[0.0, 1.0, 2.0, 3.0, 4.0, 5.0][..]);
-        assert_eq!(parts[1], &[6.0, 7.0, 8.0, 9.0][..]);
+        assert_eq!(parts[0], (0..3, &mut [0.0, 1.0, 2.0, 3.0, 4.0, 5.0][..]));
+        assert_eq!(parts[1], (3..5, &mut [6.0, 7.0, 8.0, 9.0][..]));
     }
 
     #[test]

@@ -22,11 +22,7 @@ pub(super) fn forward(eng: &CpuEngine, s: &PoolShape, x: &[f32], y: &mut [f32]) 
     check_len(OP, "y", y.len(), s.y_len())?;
     let (hw, ho, wo) = (s.h * s.w, s.h_out(), s.w_out());
     let ranges = split_ranges(s.n * s.c, eng.threads());
-    let parts: Vec<_> = ranges
-        .iter()
-        .cloned()
-        .zip(split_mut(y, &ranges, ho * wo))
-        .collect();
+    let parts = split_mut(y, &ranges, ho * wo);
     eng.run_parts(parts, |_, (planes, y)| {
         for (q, y) in planes.zip(y.chunks_exact_mut(ho * wo)) {
             let x = &x[q * hw..(q + 1) * hw];
@@ -110,11 +106,7 @@ pub(super) fn backward(
     check_len(OP, "dx", dx.len(), s.x_len())?;
     let (hw, ho, wo) = (s.h * s.w, s.h_out(), s.w_out());
     let ranges = split_ranges(s.n * s.c, eng.threads());
-    let parts: Vec<_> = ranges
-        .iter()
-        .cloned()
-        .zip(split_mut(dx, &ranges, hw))
-        .collect();
+    let parts = split_mut(dx, &ranges, hw);
     eng.run_parts(parts, |_, (planes, dx)| {
         for (q, dx) in planes.zip(dx.chunks_exact_mut(hw)) {
             let x = &x[q * hw..(q + 1) * hw];
