@@ -51,6 +51,11 @@ anc_status anc_free(int device, void *ptr);
 anc_status anc_memset_zero(anc_ctx *ctx, void *ptr, size_t bytes);
 anc_status anc_upload(anc_ctx *ctx, void *dst, const void *src, size_t bytes);
 anc_status anc_download(anc_ctx *ctx, void *dst, const void *src, size_t bytes);
+/* Page-locked host memory for staging large uploads (freed with anc_host_free). */
+anc_status anc_host_alloc(size_t bytes, void **out);
+anc_status anc_host_free(void *ptr);
+/* Queues a copy from page-locked `src` (does not wait; keep src untouched until synchronised). */
+anc_status anc_upload_async(anc_ctx *ctx, void *dst, const void *src, size_t bytes);
 anc_status anc_copy(anc_ctx *ctx, void *dst, const void *src, size_t bytes);
 anc_status anc_synchronize(anc_ctx *ctx);
 /* Lets `device` read and write `peer`'s memory directly (NVLink/PCIe peer copies). *enabled = 0
@@ -113,9 +118,10 @@ anc_status anc_lrn_backward(anc_ctx *ctx, int64_t n, int64_t c, int64_t hw, int6
 /* ---- overlapping max pooling (no padding; ties: first maximum in row-major order) ---- */
 anc_status anc_maxpool_forward(anc_ctx *ctx, int64_t nc, int64_t h, int64_t w, int64_t size,
                                int64_t stride, const float *x, float *y);
+/* dx from dy; `first` is scratch for nc*Ho*Wo int32 (each window's first-maximum offset) */
 anc_status anc_maxpool_backward(anc_ctx *ctx, int64_t nc, int64_t h, int64_t w, int64_t size,
-                                int64_t stride, const float *x, const float *y, const float *dy,
-                                float *dx);
+                                int64_t stride, const float *x, const float *dy, float *dx,
+                                int32_t *first);
 
 /* ---- softmax, cross-entropy, top-k ---- */
 /* probs[N,K] = softmax(logits) */

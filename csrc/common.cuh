@@ -83,6 +83,26 @@ static inline unsigned anc_blocks(size_t n) {
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < (size_t)(n);               \
          i += (size_t)gridDim.x * blockDim.x)
 
+// Grid-stride loop with index type I. Launchers pick I = uint32_t when the element count fits
+// (ANC_FITS_32), size_t otherwise: a kernel that splits its index into coordinates does several
+// divisions per element, and 64-bit division costs several times the 32-bit one on the GPU.
+#define GRID_STRIDE_T(I, i, n)                                                                     \
+    for (I i = (I)blockIdx.x * blockDim.x + threadIdx.x; i < (I)(n);                              \
+         i += (I)gridDim.x * blockDim.x)
+
+// Below 2^31, so adding the grid's stride to an index below it cannot wrap a uint32_t.
+#define ANC_FITS_32(total) ((size_t)(total) < ((size_t)1 << 31))
+
+// Launches kernel<uint32_t> on ctx's stream when `total` (the largest index the kernel forms)
+// fits ANC_FITS_32, else kernel<size_t>; the arguments convert to the chosen index type.
+#define LAUNCH_INDEXED(kernel, total, grid, ...)                                                   \
+    do {                                                                                           \
+        if (ANC_FITS_32(total))                                                                    \
+            kernel<uint32_t><<<(grid), ANC_THREADS, 0, ctx->stream>>>(__VA_ARGS__);               \
+        else                                                                                       \
+            kernel<size_t><<<(grid), ANC_THREADS, 0, ctx->stream>>>(__VA_ARGS__);                 \
+    } while (0)
+
 // Sum of one float per thread over a block of ANC_THREADS threads; every thread gets the result.
 __device__ inline float anc_block_sum(float v, float *shared) {
     shared[threadIdx.x] = v;

@@ -42,72 +42,95 @@ extern "C" size_t anc_conv_scratch_floats(const anc_conv *s, int64_t chunk, int 
     return col + dyt;
 }
 
+// Index math is 32-bit inside a plane (an image channel or a row of P positions, always far below
+// 2^31 elements) and 64-bit only for a row's base offset, computed once per row: 64-bit division
+// per element made these copies cost more than the GEMMs they feed.
+
+// Threads per block for a row of `len` elements: whole warps, at most ANC_THREADS.
+static inline unsigned row_threads(int64_t len) {
+    int64_t t = (len + 31) / 32 * 32;
+    return (unsigned)(t < 32 ? 32 : t > ANC_THREADS ? ANC_THREADS : t);
+}
+
+// Blocks for `rows` rows of a row-per-block loop, capped (the kernels loop over the rest).
+static inline unsigned row_blocks(int64_t rows) {
+    const int64_t cap = 1 << 30;
+    return (unsigned)(rows < 1 ? 1 : rows > cap ? cap : rows);
+}
+
 // col[K][B][P] from x[B, Cin, H, W] (x points at the chunk's first image); zero outside the image.
-__global__ void im2col_kernel(size_t total, const float *x, float *col, int64_t b_count,
-                              int64_t cin, int64_t h, int64_t w, int64_t kh, int64_t kw,
-                              int64_t stride, int64_t pad, int64_t wo, int64_t p) {
-    GRID_STRIDE(idx, total) {
-        int64_t pos = (int64_t)(idx % p);
-        int64_t t = (int64_t)(idx / p);
-        int64_t b = t % b_count;
-        int64_t k = t / b_count;
-        int64_t j = k % kw;
-        int64_t i = (k / kw) % kh;
-        int64_t c = k / (kw * kh);
-        int64_t oh = pos / wo, ow = pos % wo;
-        int64_t hh = oh * stride - pad + i;
-        int64_t ww = ow * stride - pad + j;
-        bool inside = hh >= 0 && hh < h && ww >= 0 && ww < w && c < cin;
-        col[idx] = inside ? x[((b * cin + c) * h + hh) * w + ww] : 0.0f;
+// One block per row (k, b) of col: the row's channel and kernel offset are uniform in the block.
+__global__ void im2col_kernel(const float *x, float *col, int64_t rows, int b_count, int cin,
+                              int h, int w, int kh, int kw, int stride, int pad, int wo, int p) {
+    for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
+        int b = (int)(row % b_count);
+        int k = (int)(row / b_count);
+        int j = k % kw;
+        int i = (k / kw) % kh;
+        int c = k / (kw * kh);
+        const float *plane = x + ((size_t)b * cin + c) * h * w;
+        float *out = col + (size_t)row * p;
+        for (int pos = threadIdx.x; pos < p; pos += blockDim.x) {
+            int oh = pos / wo, ow = pos - oh * wo;
+            int hh = oh * stride - pad + i;
+            int ww = ow * stride - pad + j;
+            bool inside = hh >= 0 && hh < h && ww >= 0 && ww < w;
+            out[pos] = inside ? plane[hh * w + ww] : 0.0f;
+        }
     }
 }
 
 // dx[B, Cin, H, W] = sum of the col[K][B][P] entries that im2col copied from each pixel. A gather
-// per pixel (no atomics): deterministic, and every dx element of the chunk is written.
-__global__ void col2im_kernel(size_t total, const float *col, float *dx, int64_t b_count,
-                              int64_t cin, int64_t h, int64_t w, int64_t kh, int64_t kw,
-                              int64_t stride, int64_t pad, int64_t ho, int64_t wo, int64_t p) {
-    GRID_STRIDE(idx, total) {
-        int64_t xw = (int64_t)(idx % w);
-        int64_t xh = (int64_t)((idx / w) % h);
-        int64_t c = (int64_t)((idx / (w * h)) % cin);
-        int64_t b = (int64_t)(idx / (w * h * cin));
-        float acc = 0.0f;
-        for (int64_t i = 0; i < kh; ++i) {
-            int64_t hp = xh + pad - i;  // = oh * stride when this kernel row touches xh
-            if (hp < 0 || hp % stride != 0) continue;
-            int64_t oh = hp / stride;
-            if (oh >= ho) continue;
-            for (int64_t j = 0; j < kw; ++j) {
-                int64_t wp = xw + pad - j;
-                if (wp < 0 || wp % stride != 0) continue;
-                int64_t ow = wp / stride;
-                if (ow >= wo) continue;
-                int64_t k = (c * kh + i) * kw + j;
-                acc += col[(k * b_count + b) * p + oh * wo + ow];
+// per pixel (no atomics): deterministic, and every dx element of the chunk is written. One block
+// per (b, c) plane; each pixel visits only the output positions whose window holds it, kernel
+// rows and columns in ascending order.
+__global__ void col2im_kernel(const float *col, float *dx, int64_t planes, int b_count, int cin,
+                              int h, int w, int kh, int kw, int stride, int pad, int ho, int wo,
+                              int p) {
+    for (int64_t plane = blockIdx.x; plane < planes; plane += gridDim.x) {
+        int b = (int)(plane / cin);
+        int c = (int)(plane % cin);
+        float *out = dx + (size_t)plane * h * w;
+        for (int pix = threadIdx.x; pix < h * w; pix += blockDim.x) {
+            int hp = pix / w + pad, wp = pix % w + pad;
+            // Output rows oh with 0 <= hp - oh*stride < kh, likewise columns.
+            int oh_lo = hp < kh ? 0 : (hp - kh) / stride + 1;
+            int oh_hi = min(hp / stride, ho - 1);
+            int ow_lo = wp < kw ? 0 : (wp - kw) / stride + 1;
+            int ow_hi = min(wp / stride, wo - 1);
+            float acc = 0.0f;
+            for (int oh = oh_hi; oh >= oh_lo; --oh) {
+                int i = hp - oh * stride;
+                for (int ow = ow_hi; ow >= ow_lo; --ow) {
+                    int j = wp - ow * stride;
+                    int64_t k = ((int64_t)c * kh + i) * kw + j;
+                    acc += col[(size_t)(k * b_count + b) * p + oh * wo + ow];
+                }
             }
+            out[pix] = acc;
         }
-        dx[idx] = acc;
     }
 }
 
-// dyt[Cout][B][P] from dy[B][Cout][P] (dy points at the chunk's first image).
-__global__ void images_inside_channels_kernel(size_t total, const float *dy, float *dyt,
-                                              int64_t b_count, int64_t cout, int64_t p) {
-    GRID_STRIDE(idx, total) {
-        int64_t pos = (int64_t)(idx % p);
-        int64_t b = (int64_t)((idx / p) % b_count);
-        int64_t c = (int64_t)(idx / (p * b_count));
-        dyt[idx] = dy[(b * cout + c) * p + pos];
+// dyt[Cout][B][P] from dy[B][Cout][P] (dy points at the chunk's first image): one block per row.
+__global__ void images_inside_channels_kernel(const float *dy, float *dyt, int64_t rows,
+                                              int b_count, int cout, int p) {
+    for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
+        int b = (int)(row % b_count);
+        int c = (int)(row / b_count);
+        const float *src = dy + ((size_t)b * cout + c) * p;
+        float *out = dyt + (size_t)row * p;
+        for (int pos = threadIdx.x; pos < p; pos += blockDim.x) out[pos] = src[pos];
     }
 }
 
 static anc_status im2col(anc_ctx *ctx, const ConvDims &d, const float *x, int64_t b_count,
                          float *col) {
-    size_t total = (size_t)(d.k * b_count * d.p);
-    if (total == 0) return anc_ok();
-    im2col_kernel<<<anc_blocks(total), ANC_THREADS, 0, ctx->stream>>>(
-        total, x, col, b_count, d.cin, d.h, d.w, d.kh, d.kw, d.stride, d.pad, d.wo, d.p);
+    int64_t rows = d.k * b_count;
+    if (rows == 0 || d.p == 0) return anc_ok();
+    im2col_kernel<<<row_blocks(rows), row_threads(d.p), 0, ctx->stream>>>(
+        x, col, rows, (int)b_count, (int)d.cin, (int)d.h, (int)d.w, (int)d.kh, (int)d.kw,
+        (int)d.stride, (int)d.pad, (int)d.wo, (int)d.p);
     LAUNCH_CHECK("im2col");
     return anc_ok();
 }
@@ -166,10 +189,11 @@ extern "C" anc_status anc_conv_backward_data(anc_ctx *ctx, const anc_conv *s, in
                            scratch + g * d.kg * bc * d.p, (int)(bc * d.p), (long long)d.p,
                            (int)bc));
         }
-        size_t total = (size_t)(bc * d.cin * d.h * d.w);
-        col2im_kernel<<<anc_blocks(total), ANC_THREADS, 0, ctx->stream>>>(
-            total, scratch, dx + b0 * d.cin * d.h * d.w, bc, d.cin, d.h, d.w, d.kh, d.kw,
-            d.stride, d.pad, d.ho, d.wo, d.p);
+        int64_t planes = bc * d.cin;
+        col2im_kernel<<<row_blocks(planes), row_threads(d.h * d.w), 0, ctx->stream>>>(
+            scratch, dx + b0 * d.cin * d.h * d.w, planes, (int)bc, (int)d.cin, (int)d.h,
+            (int)d.w, (int)d.kh, (int)d.kw, (int)d.stride, (int)d.pad, (int)d.ho, (int)d.wo,
+            (int)d.p);
         LAUNCH_CHECK("col2im");
     }
     return anc_ok();
@@ -195,9 +219,9 @@ extern "C" anc_status anc_conv_backward_weights(anc_ctx *ctx, const anc_conv *s,
         float *col = scratch;
         float *dyt = scratch + d.k * bc * d.p;
         TRY_STATUS(im2col(ctx, d, x + b0 * d.cin * d.h * d.w, bc, col));
-        size_t total = (size_t)(d.cout * bc * d.p);
-        images_inside_channels_kernel<<<anc_blocks(total), ANC_THREADS, 0, ctx->stream>>>(
-            total, dy + b0 * d.cout * d.p, dyt, bc, d.cout, d.p);
+        int64_t rows = d.cout * bc;
+        images_inside_channels_kernel<<<row_blocks(rows), row_threads(d.p), 0, ctx->stream>>>(
+            dy + b0 * d.cout * d.p, dyt, rows, (int)bc, (int)d.cout, (int)d.p);
         LAUNCH_CHECK("images_inside_channels");
         // The first chunk overwrites dw (beta = 0 never reads it), later chunks accumulate.
         const float *beta = b0 == 0 ? &zero : &one;

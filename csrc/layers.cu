@@ -5,19 +5,21 @@
 // bias
 
 // y[n, c, p] += b[c]
-__global__ void add_bias_kernel(float *y, const float *b, size_t total, size_t c, size_t p) {
-    GRID_STRIDE(i, total) y[i] += b[(i / p) % c];
+template <typename I>
+__global__ void add_bias_kernel(float *y, const float *b, I total, I c, I p) {
+    GRID_STRIDE_T(I, i, total) y[i] += b[(i / p) % c];
 }
 
 // db[c] = sum_{n,p} dy[n, c, p]: one block per channel, a fixed summation order (deterministic).
-__global__ void bias_grad_kernel(const float *dy, float *db, size_t n, size_t c, size_t p) {
+template <typename I>
+__global__ void bias_grad_kernel(const float *dy, float *db, I n, I c, I p) {
     __shared__ float shared[ANC_THREADS];
-    size_t ch = blockIdx.x;
+    I ch = blockIdx.x;
     if (ch >= c) return;  // whole block leaves together: no __syncthreads is skipped by half
     float acc = 0.0f;
-    size_t count = n * p;
-    for (size_t t = threadIdx.x; t < count; t += ANC_THREADS) {
-        size_t img = t / p, pos = t % p;
+    I count = n * p;
+    for (I t = threadIdx.x; t < count; t += ANC_THREADS) {
+        I img = t / p, pos = t - img * p;
         acc += dy[(img * c + ch) * p + pos];
     }
     float total = anc_block_sum(acc, shared);
@@ -27,14 +29,14 @@ __global__ void bias_grad_kernel(const float *dy, float *db, size_t n, size_t c,
 anc_status anc_add_bias(anc_ctx *ctx, float *y, const float *b, size_t n, size_t c, size_t p) {
     size_t total = n * c * p;
     if (total == 0) return anc_ok();
-    add_bias_kernel<<<anc_blocks(total), ANC_THREADS, 0, ctx->stream>>>(y, b, total, c, p);
+    LAUNCH_INDEXED(add_bias_kernel, total, anc_blocks(total), y, b, total, c, p);
     LAUNCH_CHECK("add_bias");
     return anc_ok();
 }
 
 anc_status anc_bias_grad(anc_ctx *ctx, const float *dy, float *db, size_t n, size_t c, size_t p) {
     if (c == 0) return anc_ok();
-    bias_grad_kernel<<<(unsigned)c, ANC_THREADS, 0, ctx->stream>>>(dy, db, n, c, p);
+    LAUNCH_INDEXED(bias_grad_kernel, n * c * p, (unsigned)c, dy, db, n, c, p);
     LAUNCH_CHECK("bias_grad");
     return anc_ok();
 }
@@ -80,27 +82,34 @@ extern "C" anc_status anc_fc_backward(anc_ctx *ctx, int64_t n, int64_t d_in, int
 // LRN across channels. The window of channel c is [c - size/2, c + size/2] clamped to c's column
 // (group) of c/groups channels. The window relation is symmetric, which backward relies on.
 
-__device__ inline void lrn_window(int64_t c, int64_t channels, int64_t groups, int64_t size,
-                                  int64_t *lo, int64_t *hi) {
-    int64_t cg = channels / groups;
-    int64_t g0 = (c / cg) * cg;
-    int64_t a = c - size / 2, b = c + size / 2;
+__device__ inline void lrn_window(int c, int channels, int groups, int size, int *lo, int *hi) {
+    int cg = channels / groups;
+    int g0 = (c / cg) * cg;
+    int a = c - size / 2, b = c + size / 2;
     *lo = a < g0 ? g0 : a;
     *hi = b > g0 + cg - 1 ? g0 + cg - 1 : b;
 }
 
+// Element i of [N, C, HW]: its image, channel and pixel.
+template <typename I>
+__device__ inline void lrn_coords(I i, int c, I hw, I *img, int *ch, I *s) {
+    *s = i % hw;
+    I t = i / hw;
+    *ch = (int)(t % c);
+    *img = t / c;
+}
+
 // scale[N,C,H,W] = k + alpha * sum_window x^2 ; y = x * scale^-beta
-__global__ void lrn_forward_kernel(size_t total, int64_t c, int64_t hw, int64_t groups,
-                                   int64_t size, float alpha, float beta, float k, const float *x,
-                                   float *y, float *scale) {
-    GRID_STRIDE(i, total) {
-        int64_t s = (int64_t)(i % hw);
-        int64_t ch = (int64_t)((i / hw) % c);
-        int64_t img = (int64_t)(i / (hw * c));
-        int64_t lo, hi;
+template <typename I>
+__global__ void lrn_forward_kernel(I total, int c, I hw, int groups, int size, float alpha,
+                                   float beta, float k, const float *x, float *y, float *scale) {
+    GRID_STRIDE_T(I, i, total) {
+        I img, s;
+        int ch, lo, hi;
+        lrn_coords(i, c, hw, &img, &ch, &s);
         lrn_window(ch, c, groups, size, &lo, &hi);
         float sum = 0.0f;
-        for (int64_t j = lo; j <= hi; ++j) {
+        for (int j = lo; j <= hi; ++j) {
             float v = x[(img * c + j) * hw + s];
             sum += v * v;
         }
@@ -111,19 +120,18 @@ __global__ void lrn_forward_kernel(size_t total, int64_t c, int64_t hw, int64_t 
 }
 
 // dx_i = dy_i scale_i^-beta - 2 alpha beta x_i sum_{j: i in window(j)} dy_j y_j / scale_j
-__global__ void lrn_backward_kernel(size_t total, int64_t c, int64_t hw, int64_t groups,
-                                    int64_t size, float alpha, float beta, const float *x,
-                                    const float *y, const float *scale, const float *dy,
-                                    float *dx) {
-    GRID_STRIDE(i, total) {
-        int64_t s = (int64_t)(i % hw);
-        int64_t ch = (int64_t)((i / hw) % c);
-        int64_t img = (int64_t)(i / (hw * c));
-        int64_t lo, hi;
+template <typename I>
+__global__ void lrn_backward_kernel(I total, int c, I hw, int groups, int size, float alpha,
+                                    float beta, const float *x, const float *y,
+                                    const float *scale, const float *dy, float *dx) {
+    GRID_STRIDE_T(I, i, total) {
+        I img, s;
+        int ch, lo, hi;
+        lrn_coords(i, c, hw, &img, &ch, &s);
         lrn_window(ch, c, groups, size, &lo, &hi);
         float acc = 0.0f;
-        for (int64_t j = lo; j <= hi; ++j) {
-            size_t o = (size_t)((img * c + j) * hw + s);
+        for (int j = lo; j <= hi; ++j) {
+            I o = (img * c + j) * hw + s;
             acc += dy[o] * y[o] / scale[o];
         }
         dx[i] = dy[i] * powf(scale[i], -beta) - 2.0f * alpha * beta * x[i] * acc;
@@ -136,8 +144,8 @@ extern "C" anc_status anc_lrn_forward(anc_ctx *ctx, int64_t n, int64_t c, int64_
     size_t total = (size_t)(n * c * hw);
     if (total == 0) return anc_ok();
     ENTER(ctx);
-    lrn_forward_kernel<<<anc_blocks(total), ANC_THREADS, 0, ctx->stream>>>(
-        total, c, hw, groups, size, alpha, beta, k, x, y, scale);
+    LAUNCH_INDEXED(lrn_forward_kernel, total, anc_blocks(total), total, (int)c, hw, (int)groups,
+                   (int)size, alpha, beta, k, x, y, scale);
     LAUNCH_CHECK("lrn_forward");
     return anc_ok();
 }
@@ -149,8 +157,8 @@ extern "C" anc_status anc_lrn_backward(anc_ctx *ctx, int64_t n, int64_t c, int64
     size_t total = (size_t)(n * c * hw);
     if (total == 0) return anc_ok();
     ENTER(ctx);
-    lrn_backward_kernel<<<anc_blocks(total), ANC_THREADS, 0, ctx->stream>>>(
-        total, c, hw, groups, size, alpha, beta, x, y, scale, dy, dx);
+    LAUNCH_INDEXED(lrn_backward_kernel, total, anc_blocks(total), total, (int)c, hw, (int)groups,
+                   (int)size, alpha, beta, x, y, scale, dy, dx);
     LAUNCH_CHECK("lrn_backward");
     return anc_ok();
 }
@@ -158,81 +166,88 @@ extern "C" anc_status anc_lrn_backward(anc_ctx *ctx, int64_t n, int64_t c, int64
 // ---------------------------------------------------------------------------------------------
 // overlapping max pooling, no padding
 
-// y[NC,Ho,Wo] = max over each size x size window; the first maximum wins ties (strict >).
-__global__ void maxpool_forward_kernel(size_t total, int64_t h, int64_t w, int64_t ho, int64_t wo,
-                                       int64_t size, int64_t stride, const float *x, float *y) {
-    GRID_STRIDE(i, total) {
-        int64_t ow = (int64_t)(i % wo);
-        int64_t oh = (int64_t)((i / wo) % ho);
-        int64_t plane = (int64_t)(i / (wo * ho));
-        const float *base = x + plane * h * w;
-        int64_t h0 = oh * stride, w0 = ow * stride;
+// For each output window: the offset a*size + b of its first maximum in row-major order (strict >,
+// so the first of equal values wins), and its value when y is not NULL. The forward writes y;
+// the backward recomputes the offsets into scratch (cheaper than keeping them from the forward).
+template <typename I>
+__global__ void maxpool_window_kernel(I total, int h, int w, int ho, int wo, int size,
+                                      int stride, const float *x, float *y, int *first) {
+    GRID_STRIDE_T(I, i, total) {
+        int ow = (int)(i % wo);
+        I t = i / wo;
+        int oh = (int)(t % ho);
+        I plane = t / ho;
+        const float *base = x + (size_t)plane * h * w;
+        int h0 = oh * stride, w0 = ow * stride;
         float m = base[h0 * w + w0];
-        for (int64_t a = 0; a < size; ++a)
-            for (int64_t b = 0; b < size; ++b) {
+        int best = 0;
+        for (int a = 0; a < size; ++a)
+            for (int b = 0; b < size; ++b) {
                 float v = base[(h0 + a) * w + (w0 + b)];
-                if (v > m) m = v;
+                if (v > m) {
+                    m = v;
+                    best = a * size + b;
+                }
             }
-        y[i] = m;
+        if (y) y[i] = m;
+        if (first) first[i] = best;
     }
 }
 
-// dx[NC,H,W]: gathers, for each input, the dy of every window whose first maximum it is. A gather
-// (not a scatter with atomics) keeps the sums deterministic.
-__global__ void maxpool_backward_kernel(size_t total, int64_t h, int64_t w, int64_t ho, int64_t wo,
-                                        int64_t size, int64_t stride, const float *x,
-                                        const float *y, const float *dy, float *dx) {
-    GRID_STRIDE(i, total) {
-        int64_t col = (int64_t)(i % w);
-        int64_t row = (int64_t)((i / w) % h);
-        int64_t plane = (int64_t)(i / (w * h));
-        const float *base = x + plane * h * w;
+// dx[NC,H,W]: gathers, for each input, the dy of every window whose first maximum it is (from
+// first[], the offsets above). A gather (not a scatter with atomics) keeps the sums deterministic.
+template <typename I>
+__global__ void maxpool_backward_kernel(I total, int h, int w, int ho, int wo, int size,
+                                        int stride, const int *first, const float *dy,
+                                        float *dx) {
+    GRID_STRIDE_T(I, i, total) {
+        int col = (int)(i % w);
+        I t = i / w;
+        int row = (int)(t % h);
+        I plane = t / h;
         // Windows oh with oh*stride <= row <= oh*stride + size - 1.
-        int64_t oh_lo = row < size ? 0 : (row - size) / stride + 1;
-        int64_t oh_hi = row / stride < ho - 1 ? row / stride : ho - 1;
-        int64_t ow_lo = col < size ? 0 : (col - size) / stride + 1;
-        int64_t ow_hi = col / stride < wo - 1 ? col / stride : wo - 1;
+        int oh_lo = row < size ? 0 : (row - size) / stride + 1;
+        int oh_hi = row / stride < ho - 1 ? row / stride : ho - 1;
+        int ow_lo = col < size ? 0 : (col - size) / stride + 1;
+        int ow_hi = col / stride < wo - 1 ? col / stride : wo - 1;
         float acc = 0.0f;
-        for (int64_t oh = oh_lo; oh <= oh_hi; ++oh)
-            for (int64_t ow = ow_lo; ow <= ow_hi; ++ow) {
-                size_t o = (size_t)((plane * ho + oh) * wo + ow);
-                float m = y[o];
-                int64_t h0 = oh * stride, w0 = ow * stride;
-                // First position in row-major window order that holds the maximum.
-                int64_t first = -1;
-                for (int64_t a = 0; a < size && first < 0; ++a)
-                    for (int64_t b = 0; b < size; ++b)
-                        if (base[(h0 + a) * w + (w0 + b)] == m) {
-                            first = (h0 + a) * w + (w0 + b);
-                            break;
-                        }
-                if (first == row * w + col) acc += dy[o];
+        for (int oh = oh_lo; oh <= oh_hi; ++oh)
+            for (int ow = ow_lo; ow <= ow_hi; ++ow) {
+                I o = (plane * ho + oh) * wo + ow;
+                if (first[o] == (row - oh * stride) * size + (col - ow * stride)) acc += dy[o];
             }
         dx[i] = acc;
     }
 }
 
-extern "C" anc_status anc_maxpool_forward(anc_ctx *ctx, int64_t nc, int64_t h, int64_t w,
-                                          int64_t size, int64_t stride, const float *x, float *y) {
+static anc_status maxpool_windows(anc_ctx *ctx, int64_t nc, int64_t h, int64_t w, int64_t size,
+                                  int64_t stride, const float *x, float *y, int *first) {
     int64_t ho = (h - size) / stride + 1, wo = (w - size) / stride + 1;
     size_t total = (size_t)(nc * ho * wo);
     if (total == 0) return anc_ok();
-    ENTER(ctx);
-    maxpool_forward_kernel<<<anc_blocks(total), ANC_THREADS, 0, ctx->stream>>>(
-        total, h, w, ho, wo, size, stride, x, y);
-    LAUNCH_CHECK("maxpool_forward");
+    LAUNCH_INDEXED(maxpool_window_kernel, total, anc_blocks(total), total, (int)h, (int)w,
+                   (int)ho, (int)wo, (int)size, (int)stride, x, y, first);
+    LAUNCH_CHECK("maxpool_window");
     return anc_ok();
+}
+
+extern "C" anc_status anc_maxpool_forward(anc_ctx *ctx, int64_t nc, int64_t h, int64_t w,
+                                          int64_t size, int64_t stride, const float *x, float *y) {
+    ENTER(ctx);
+    return maxpool_windows(ctx, nc, h, w, size, stride, x, y, NULL);
 }
 
 extern "C" anc_status anc_maxpool_backward(anc_ctx *ctx, int64_t nc, int64_t h, int64_t w,
                                            int64_t size, int64_t stride, const float *x,
-                                           const float *y, const float *dy, float *dx) {
+                                           const float *dy, float *dx, int32_t *first) {
     int64_t ho = (h - size) / stride + 1, wo = (w - size) / stride + 1;
     size_t total = (size_t)(nc * h * w);
     if (total == 0) return anc_ok();
     ENTER(ctx);
-    maxpool_backward_kernel<<<anc_blocks(total), ANC_THREADS, 0, ctx->stream>>>(
-        total, h, w, ho, wo, size, stride, x, y, dy, dx);
+    anc_status st = maxpool_windows(ctx, nc, h, w, size, stride, x, NULL, first);
+    if (st.code != 0) return st;
+    LAUNCH_INDEXED(maxpool_backward_kernel, total, anc_blocks(total), total, (int)h, (int)w,
+                   (int)ho, (int)wo, (int)size, (int)stride, first, dy, dx);
     LAUNCH_CHECK("maxpool_backward");
     return anc_ok();
 }

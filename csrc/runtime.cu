@@ -115,6 +115,36 @@ extern "C" anc_status anc_upload(anc_ctx *ctx, void *dst, const void *src, size_
     return anc_ok();
 }
 
+// Page-locked host memory (portable: usable by every device's contexts), the staging buffer of
+// large uploads: the DMA engines read it at full PCIe rate, where a pageable source is copied
+// through the driver's own small staging buffers at a fraction of it.
+extern "C" anc_status anc_host_alloc(size_t bytes, void **out) {
+    *out = NULL;
+    if (bytes == 0) return anc_ok();
+    cudaError_t e = cudaHostAlloc(out, bytes, cudaHostAllocPortable);
+    if (e != cudaSuccess) {
+        *out = NULL;
+        cudaGetLastError();  // not sticky for the next launch check
+        return anc_cuda_status(e, "cudaHostAlloc");
+    }
+    return anc_ok();
+}
+
+extern "C" anc_status anc_host_free(void *ptr) {
+    if (!ptr) return anc_ok();
+    CUDA_TRY("cudaFreeHost", cudaFreeHost(ptr));
+    return anc_ok();
+}
+
+// Queued only: src must be page-locked and stay untouched until the stream is synchronised.
+extern "C" anc_status anc_upload_async(anc_ctx *ctx, void *dst, const void *src, size_t bytes) {
+    if (bytes == 0) return anc_ok();
+    ENTER(ctx);
+    CUDA_TRY("cudaMemcpyAsync(HostToDevice, page-locked)",
+             cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, ctx->stream));
+    return anc_ok();
+}
+
 extern "C" anc_status anc_download(anc_ctx *ctx, void *dst, const void *src, size_t bytes) {
     if (bytes == 0) return anc_ok();
     ENTER(ctx);

@@ -115,7 +115,7 @@ step() {
     ((rc == 124)) && status="TIMEOUT"
     ((rc != 0 && rc != 124)) && status="FAIL($rc)"
     local detail
-    detail=$(grep -E "test result:|images/s|TFLOP/s" "$log" | tail -n 1 | cut -c1-80 || true)
+    detail=$(grep -E "test result:|images/s|TFLOP/s|GB/s" "$log" | tail -n 1 | cut -c1-80 || true)
     # A test binary passes without a device too: say so, or a skip reads as a GPU pass.
     local skips
     skips=$(grep -c "skipped: no CUDA device" "$log" || true)
@@ -175,6 +175,20 @@ torch.cuda.synchronize(); dt = time.time() - t
 print(f"{torch.cuda.get_device_name()}: sgemm {n}^3 {2 * n**3 * reps / dt / 1e12:.1f} TFLOP/s")
 EOF
 
+    # Host-to-device rate for one batch of 227x227 inputs (79 MB): what an upload per step costs.
+    step "h2d copy rate (torch)" "$logs/h2d.log" 30 "$py" - <<'EOF'
+import time, torch
+n = 128 * 3 * 227 * 227
+dev = torch.empty(n, device="cuda")
+for pinned in (False, True):
+    host = torch.randn(n).pin_memory() if pinned else torch.randn(n)
+    for _ in range(3): dev.copy_(host)
+    torch.cuda.synchronize(); t = time.time(); reps = 20
+    for _ in range(reps): dev.copy_(host)
+    torch.cuda.synchronize(); dt = (time.time() - t) / reps
+    print(f"h2d {'pinned' if pinned else 'pageable'}: {dt * 1e3:.2f} ms per 79 MB batch, {n * 4 / dt / 1e9:.1f} GB/s")
+EOF
+
     local name
     while read -r name; do
         [[ -n "$name" ]] || continue
@@ -188,6 +202,13 @@ EOF
         "$PACK/bin/alexnet-cli" bench --help 2>/dev/null | grep -q -- '--batch-size' && batch_flag=--batch-size
         step "bench alexnet-rs cuda b128" "$logs/bench-rust.log" 120 \
             "$PACK/bin/alexnet-cli" bench --device cuda "$batch_flag" 128 --steps 20
+        # The same with the small-card default scratch (several rounds per layer), and with TF32.
+        if "$PACK/bin/alexnet-cli" bench --help 2>/dev/null | grep -q -- '--gpu-scratch-mib'; then
+            step "bench cuda scratch 256 MiB" "$logs/bench-rust-scratch.log" 60 \
+                "$PACK/bin/alexnet-cli" bench --device cuda --gpu-scratch-mib 256 "$batch_flag" 128 --steps 20
+        fi
+        step "bench alexnet-rs cuda tf32" "$logs/bench-rust-tf32.log" 60 \
+            "$PACK/bin/alexnet-cli" bench --device cuda --tf32 "$batch_flag" 128 --steps 20
         # Model parallelism: the two columns on two engines (two GPUs, or two streams of one).
         if "$PACK/bin/alexnet-cli" bench --help 2>/dev/null | grep -q -- '--gpus'; then
             step "bench alexnet-rs cuda --gpus 2" "$logs/bench-rust-gpus2.log" 120 \
@@ -199,6 +220,8 @@ EOF
     if [[ -f "$PACK/compare_pytorch.py" ]]; then
         step "bench pytorch cuda b128" "$logs/bench-pytorch.log" 120 \
             "$py" "$PACK/compare_pytorch.py" --device cuda --batch 128 --steps 20
+        step "bench pytorch cuda tf32" "$logs/bench-pytorch-tf32.log" 60 \
+            "$py" "$PACK/compare_pytorch.py" --device cuda --tf32 --batch 128 --steps 20
     else
         SUMMARY+=("$(printf '%-28s %-8s %s' "bench pytorch cuda b128" "SKIPPED" "compare_pytorch.py not packed")")
     fi

@@ -284,6 +284,13 @@ fn each_convolution_at_its_alexnet_shape_matches_the_cpu_engine() {
         };
         let (g, c) = (on(true), on(false));
         for (what, (a, bb)) in ["y", "dx", "dw", "db"].iter().zip(g.iter().zip(&c)) {
+            // A zero result would make a zero error prove nothing (and dx often agrees bit for
+            // bit: both engines' GEMMs sum its <= 256 terms in order, then col2im the same way).
+            assert!(
+                bb.iter().any(|v| *v != 0.0),
+                "{} {what}: the CPU engine's result is all zero",
+                p.layer.name
+            );
             let e = rel(a, bb);
             println!("{} {what}: {e:.2e}", p.layer.name);
             // Dot products of length <= 12100 in two f32 summation orders.

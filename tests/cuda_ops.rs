@@ -172,6 +172,21 @@ gpu_test!(dropout_mask_is_bit_identical_to_rust, |e| {
     }
 });
 
+// Uploads from 1 MB on go through page-locked staging in 8 MB pieces: a length that is not a
+// whole number of pieces arrives intact, twice in a row (the staging buffer reused), and a small
+// upload between them takes the direct path.
+gpu_test!(staged_uploads_arrive_intact, |e| {
+    let n = 5 * (1 << 20) + 7;
+    let mut buf = e.alloc(n).unwrap();
+    for round in 0..2u32 {
+        let src: Vec<f32> = (0..n as u32).map(|i| (i ^ round) as f32).collect();
+        e.upload(&mut buf, &src).unwrap();
+        assert!(suite::download(&e, &buf) == src, "round {round}");
+        let small = suite::upload(&e, &[round as f32; 5]);
+        assert_eq!(suite::download(&e, &small), vec![round as f32; 5]);
+    }
+});
+
 // label_ranks against a host count, with ties broken by the lower index.
 gpu_test!(label_ranks_match_host_top_k, |e| {
     let (n, classes) = (37, 1000);
@@ -374,9 +389,10 @@ fn alexnet_convs() -> Vec<ConvShape> {
 fn conv_plan_fits_the_budget_and_agrees_with_the_kernels() {
     let mut shapes = alexnet_convs();
     shapes.extend(suite::conv_shapes());
+    let small = plan::default_scratch_floats(None);
     for s in &shapes {
         for bw in [false, true] {
-            for budget in [1, 1 << 20, plan::SCRATCH_BUDGET_FLOATS, usize::MAX / 8] {
+            for budget in [1, 1 << 20, small, usize::MAX / 8] {
                 let p = plan::conv_plan(s, budget, bw);
                 let per_image = plan::conv_floats_per_image(s, bw);
                 assert!(p.chunk >= 1 && p.chunk <= s.n, "{s:?} {p:?}");
@@ -399,9 +415,18 @@ fn conv_plan_fits_the_budget_and_agrees_with_the_kernels() {
             }
         }
     }
-    // conv1 forward at batch 128: 363 x 3025 floats per image, 61 images per round by default.
-    let conv1 = plan::conv_plan(&alexnet_convs()[0], plan::SCRATCH_BUDGET_FLOATS, false);
+    // conv1 forward at batch 128: 363 x 3025 floats per image, 61 images per round in 256 MiB;
+    // 2 GiB (a card of 64 GiB or more) holds every layer's whole batch, backward-weights too.
+    let conv1 = plan::conv_plan(&alexnet_convs()[0], small, false);
     assert_eq!(conv1.chunk, 61);
+    let big = plan::default_scratch_floats(Some(141 << 30));
+    assert_eq!(big, 512 << 20);
+    for s in alexnet_convs() {
+        assert_eq!(plan::conv_plan(&s, big, true).chunk, 128, "{s:?}");
+    }
+    assert_eq!(small, 64 << 20);
+    assert_eq!(plan::default_scratch_floats(Some(1 << 30)), 64 << 20);
+    assert_eq!(plan::default_scratch_floats(Some(16 << 30)), 128 << 20);
 }
 
 fn is_shape_err<T>(r: alexnet::Result<T>) -> bool {
@@ -411,7 +436,7 @@ fn is_shape_err<T>(r: alexnet::Result<T>) -> bool {
 /// The checks every op runs before launching anything, exercised directly (no buffers needed).
 #[test]
 fn host_shape_checks_reject_bad_lengths_and_geometry() {
-    let b = plan::SCRATCH_BUDGET_FLOATS;
+    let b = plan::default_scratch_floats(None);
     let s = suite::ERROR_CASE_CONV;
     let (x, w, y) = (s.x_len(), s.w_len(), s.y_len());
     assert!(plan::conv_forward(&s, b, x, w, 6, y).is_ok());
@@ -519,6 +544,19 @@ fn host_shape_checks_reject_bad_lengths_and_geometry() {
         &PoolShape { h: 2, ..p },
         28,
         2,
+        None
+    )));
+    // The pooling kernels index an image plane in 32 bits.
+    let huge = PoolShape {
+        h: 1 << 16,
+        w: 1 << 16,
+        ..p
+    };
+    assert!(is_shape_err(plan::pool(
+        "maxpool",
+        &huge,
+        huge.x_len(),
+        huge.y_len(),
         None
     )));
     assert!(is_shape_err(plan::pool(

@@ -62,6 +62,52 @@ impl Drop for DeviceMem {
     }
 }
 
+/// Page-locked host memory of `bytes` bytes (null when empty), freed on drop: the staging buffer
+/// of large uploads.
+pub(crate) struct PinnedHost {
+    ptr: *mut c_void,
+    bytes: usize,
+}
+
+// SAFETY: a plain host allocation owned exclusively by this value; the engine touches it only
+// under its lock.
+unsafe impl Send for PinnedHost {}
+
+impl PinnedHost {
+    pub(crate) fn empty() -> Self {
+        PinnedHost {
+            ptr: std::ptr::null_mut(),
+            bytes: 0,
+        }
+    }
+
+    pub(crate) fn alloc(bytes: usize) -> Result<Self> {
+        let mut ptr: *mut c_void = std::ptr::null_mut();
+        // SAFETY: anc_host_alloc writes one pointer through the valid `&mut ptr` and nothing else.
+        let st = unsafe { ffi::anc_host_alloc(bytes, &mut ptr) };
+        status::check(&st)?;
+        Ok(PinnedHost { ptr, bytes })
+    }
+
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    pub(crate) fn ptr(&self) -> *mut c_void {
+        self.ptr
+    }
+}
+
+impl Drop for PinnedHost {
+    fn drop(&mut self) {
+        if !self.ptr.is_null() {
+            // SAFETY: ptr came from anc_host_alloc and is freed exactly once (here); no copy
+            // reads it any more (every staged upload waits for its copies).
+            let _ = unsafe { ffi::anc_host_free(self.ptr) };
+        }
+    }
+}
+
 /// (free, total) bytes of device memory, when the runtime can tell.
 pub(crate) fn mem_info(device: i32) -> Option<(u64, u64)> {
     let (mut free, mut total) = (0usize, 0usize);

@@ -16,13 +16,15 @@ use std::ffi::c_char;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
+use rayon::prelude::*;
+
 use crate::engine::{
     check_len, Blocks, ConvShape, Engine, FcShape, LrnParams, LrnShape, MaskSlice, PoolShape,
 };
 use crate::error::{Error, Result};
 
 pub use memory::DeviceBuffer;
-use memory::DeviceMem;
+use memory::{DeviceMem, PinnedHost};
 
 /// Number of CUDA devices the runtime sees; `Error::NoDevice` when there is no driver or GPU.
 /// Enables direct access from `device` to `peer`'s memory; false where the pair cannot (copies
@@ -47,8 +49,10 @@ pub fn device_count() -> Result<usize> {
 /// handle are used by one host thread at a time, and a grow of the scratch cannot race a launch.
 struct Inner {
     ctx: *mut ffi::anc_ctx,
-    /// im2col scratch (f32), grow-only.
+    /// Scratch (f32-sized slots) for im2col and max-pool windows, grow-only.
     scratch: DeviceMem,
+    /// Page-locked staging for large uploads, grow-only.
+    staging: PinnedHost,
     /// Labels for the loss and top-k (u32), grow-only.
     labels: DeviceMem,
     /// Per-row loss (f32) or label rank (u32), grow-only.
@@ -114,10 +118,13 @@ impl CudaEngine {
             device: dev,
             name: status::c_text(&name),
             tf32: AtomicBool::new(false),
-            scratch_budget: AtomicUsize::new(plan::SCRATCH_BUDGET_FLOATS),
+            scratch_budget: AtomicUsize::new(plan::default_scratch_floats(
+                memory::mem_info(dev).map(|(_, total)| total),
+            )),
             inner: Mutex::new(Inner {
                 ctx,
                 scratch: DeviceMem::empty(dev),
+                staging: PinnedHost::empty(),
                 labels: DeviceMem::empty(dev),
                 rows: DeviceMem::empty(dev),
             }),
@@ -214,17 +221,67 @@ impl CudaEngine {
         status::check(&st)
     }
 
-    /// The im2col scratch, grown to `floats`.
+    /// Copies `src` into `dst` through the page-locked staging buffer, piece by piece, and waits.
+    fn staged_upload(&self, inner: &mut Inner, dst: &mut DeviceBuffer, src: &[f32]) -> Result<()> {
+        let bytes = std::mem::size_of_val(src);
+        if inner.staging.bytes() < bytes {
+            inner.staging = PinnedHost::empty();
+            inner.staging = PinnedHost::alloc(bytes)?;
+        }
+        // SAFETY: the staging buffer is a live page-locked allocation of at least `bytes`, owned
+        // by `inner` (lock held, so no other thread touches it), and no copy still reads it:
+        // every staged upload waits for its copies before returning, after an error too.
+        let staged =
+            unsafe { std::slice::from_raw_parts_mut(inner.staging.ptr().cast::<f32>(), src.len()) };
+        let mut queued = Ok(());
+        for (i, (stage, part)) in staged
+            .chunks_mut(STAGED_PIECE_FLOATS)
+            .zip(src.chunks(STAGED_PIECE_FLOATS))
+            .enumerate()
+        {
+            stage
+                .par_chunks_mut(1 << 16)
+                .zip(part.par_chunks(1 << 16))
+                .for_each(|(to, from)| to.copy_from_slice(from));
+            // SAFETY: the piece lies inside dst (dst.len() == src.len(), checked) and inside the
+            // page-locked staging buffer, which stays untouched until the wait below.
+            let st = unsafe {
+                ffi::anc_upload_async(
+                    inner.ctx,
+                    dst.as_mut_ptr().add(i * STAGED_PIECE_FLOATS).cast(),
+                    stage.as_ptr().cast(),
+                    std::mem::size_of_val(stage),
+                )
+            };
+            queued = status::check(&st);
+            if queued.is_err() {
+                break;
+            }
+        }
+        // SAFETY: inner.ctx is a live context.
+        let waited = unsafe { ffi::anc_synchronize(inner.ctx) };
+        queued?;
+        status::check(&waited)
+    }
+
+    /// The scratch, grown to `floats` f32-sized slots.
     fn scratch(&self, inner: &mut Inner, floats: usize) -> Result<*mut f32> {
         grow(
             &mut inner.scratch,
             self.device,
             plan::f32_bytes(floats)?,
-            "the convolution scratch (im2col)",
+            "the engine's scratch (im2col, max-pool windows)",
         )?;
         Ok(inner.scratch.ptr() as *mut f32)
     }
 }
+
+/// Uploads from this size on go through page-locked staging (smaller ones are not worth the
+/// extra host copy).
+const STAGED_UPLOAD_MIN_BYTES: usize = 1 << 20;
+/// Floats per staged piece (8 MB): small enough to overlap the host copy with the DMA, large
+/// enough that each DMA runs at full rate.
+const STAGED_PIECE_FLOATS: usize = 2 << 20;
 
 fn conv_ffi(s: &ConvShape) -> ffi::anc_conv {
     ffi::anc_conv {
@@ -271,9 +328,17 @@ impl Engine for CudaEngine {
         buf.len()
     }
 
+    // Large uploads (a batch of images) go through page-locked staging, in pieces so that
+    // copying piece i+1 into the staging buffer (on the thread pool) overlaps the DMA of piece i:
+    // measured on an H200 host, a 79 MB batch from pageable memory moves at 6.4 GB/s, from
+    // page-locked memory at 54.6 GB/s.
     fn upload(&self, dst: &mut DeviceBuffer, src: &[f32]) -> Result<()> {
         check_len("upload", "src", src.len(), dst.len())?;
-        let inner = self.lock();
+        let mut inner = self.lock();
+        let bytes = std::mem::size_of_val(src);
+        if bytes >= STAGED_UPLOAD_MIN_BYTES {
+            return self.staged_upload(&mut inner, dst, src);
+        }
         // SAFETY: dst holds dst.len() f32 and src is a live host slice of the same length.
         let st = unsafe {
             ffi::anc_upload(
@@ -624,8 +689,11 @@ impl Engine for CudaEngine {
             y.len(),
             Some((dy.len(), dx.len())),
         )?;
-        let inner = self.lock();
-        // SAFETY: x, y, dy, dx hold the shape's lengths and the window fits the image (checked).
+        let mut inner = self.lock();
+        // One i32 (the size of an f32) per window: its first maximum's offset.
+        let first = self.scratch(&mut inner, s.y_len())?.cast::<i32>();
+        // SAFETY: x, dy, dx hold the shape's lengths and the window fits the image (checked);
+        // the scratch holds y_len 4-byte slots.
         let st = unsafe {
             ffi::anc_maxpool_backward(
                 inner.ctx,
@@ -635,9 +703,9 @@ impl Engine for CudaEngine {
                 s.size as i64,
                 s.stride as i64,
                 x.as_ptr(),
-                y.as_ptr(),
                 dy.as_ptr(),
                 dx.as_mut_ptr(),
+                first,
             )
         };
         status::check(&st)
