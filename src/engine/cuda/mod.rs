@@ -89,6 +89,8 @@ pub struct CudaEngine {
     tf32: AtomicBool,
     /// Scratch floats a convolution may use (see `plan::conv_plan`).
     scratch_budget: AtomicUsize,
+    /// Set once page-locked staging has been refused (so the notice is printed once).
+    staging_refused: AtomicBool,
     inner: Mutex<Inner>,
 }
 
@@ -121,6 +123,7 @@ impl CudaEngine {
             scratch_budget: AtomicUsize::new(plan::default_scratch_floats(
                 memory::mem_info(dev).map(|(_, total)| total),
             )),
+            staging_refused: AtomicBool::new(false),
             inner: Mutex::new(Inner {
                 ctx,
                 scratch: DeviceMem::empty(dev),
@@ -221,13 +224,38 @@ impl CudaEngine {
         status::check(&st)
     }
 
-    /// Copies `src` into `dst` through the page-locked staging buffer, piece by piece, and waits.
+    /// Makes the staging buffer at least `bytes` long; false (after saying so once) where the
+    /// system will not lock that much memory, and uploads then go straight from pageable memory.
+    fn grow_staging(&self, inner: &mut Inner, bytes: usize) -> bool {
+        if inner.staging.bytes() >= bytes {
+            return true;
+        }
+        inner.staging = PinnedHost::empty();
+        match PinnedHost::alloc(bytes) {
+            Ok(staging) => {
+                inner.staging = staging;
+                true
+            }
+            Err(err) => {
+                if !self.staging_refused.swap(true, Ordering::Relaxed) {
+                    eprintln!(
+                        "notice: cuda:{}: no page-locked staging buffer of {bytes} bytes ({err}); \
+                         uploads go from pageable memory, several times slower",
+                        self.device
+                    );
+                }
+                false
+            }
+        }
+    }
+
+    /// Copies `src` into `dst` through the page-locked staging buffer (already grown to hold it),
+    /// piece by piece, and waits.
     fn staged_upload(&self, inner: &mut Inner, dst: &mut DeviceBuffer, src: &[f32]) -> Result<()> {
         let bytes = std::mem::size_of_val(src);
-        if inner.staging.bytes() < bytes {
-            inner.staging = PinnedHost::empty();
-            inner.staging = PinnedHost::alloc(bytes)?;
-        }
+        // The caller grew the buffer; this guards the unsafe slice below against a caller that
+        // did not.
+        assert!(inner.staging.bytes() >= bytes, "staging buffer not grown");
         // SAFETY: the staging buffer is a live page-locked allocation of at least `bytes`, owned
         // by `inner` (lock held, so no other thread touches it), and no copy still reads it:
         // every staged upload waits for its copies before returning, after an error too.
@@ -336,7 +364,7 @@ impl Engine for CudaEngine {
         check_len("upload", "src", src.len(), dst.len())?;
         let mut inner = self.lock();
         let bytes = std::mem::size_of_val(src);
-        if bytes >= STAGED_UPLOAD_MIN_BYTES {
+        if bytes >= STAGED_UPLOAD_MIN_BYTES && self.grow_staging(&mut inner, bytes) {
             return self.staged_upload(&mut inner, dst, src);
         }
         // SAFETY: dst holds dst.len() f32 and src is a live host slice of the same length.
