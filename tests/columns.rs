@@ -3,11 +3,14 @@
 //! with the same initial weights, dropout masks and checkpoint tensors; and the bytes that cross
 //! between columns are exactly the cross-column rows' activations and gradients.
 
+mod common;
+
 use alexnet::arch::{column_range, ArchConfig, Preset};
 use alexnet::engine::cpu::CpuEngine;
 use alexnet::model::{Init, Sgd};
 use alexnet::parallel::{assign_columns, Network};
 use alexnet::rng::Rng;
+use common::rel_err;
 
 const N: usize = 3;
 
@@ -27,17 +30,6 @@ fn batch(cfg: &ArchConfig) -> (Vec<f32>, Vec<u32>) {
     let images = (0..len).map(|_| (rng.normal() * 50.0) as f32).collect();
     let labels = (0..N).map(|_| rng.below(cfg.classes) as u32).collect();
     (images, labels)
-}
-
-/// Norm-wise relative difference ||a - b|| / ||b||.
-fn rel(a: &[f32], b: &[f32]) -> f64 {
-    let d: f64 = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| (*x as f64 - *y as f64).powi(2))
-        .sum();
-    let n: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
-    (d / n.max(1e-300)).sqrt()
 }
 
 /// One training step (forward with dropout, backward, SGD) of `net`; returns the loss.
@@ -84,7 +76,7 @@ fn check_split_matches_whole(cfg: ArchConfig, executors: usize) {
         split.read_grads(&split_engines).unwrap(),
     );
     for (a, b) in gw.iter().zip(&gs) {
-        let e = rel(&b.2, &a.2);
+        let e = rel_err(&b.2, &a.2);
         assert!(e < 1e-5, "gradient of {}: relative difference {e:.2e}", a.0);
     }
     let (pw, ps) = (
@@ -92,7 +84,7 @@ fn check_split_matches_whole(cfg: ArchConfig, executors: usize) {
         split.read_params(&split_engines).unwrap(),
     );
     for (a, b) in pw.iter().zip(&ps) {
-        let e = rel(&b.2, &a.2);
+        let e = rel_err(&b.2, &a.2);
         assert!(
             e < 1e-5,
             "{} after the step: relative difference {e:.2e}",
@@ -103,7 +95,7 @@ fn check_split_matches_whole(cfg: ArchConfig, executors: usize) {
         whole.train_probabilities(&whole_engine).unwrap(),
         split.train_probabilities(&split_engines).unwrap(),
     );
-    assert!(rel(&ts, &tw) < 1e-5);
+    assert!(rel_err(&ts, &tw) < 1e-5);
 
     // Traffic: each cross-column row moves, forward, every column's maps to the other column
     // and, backward, the same amount of gradient; the logits go to column 0 and their

@@ -3,6 +3,8 @@
 //! Skips (and passes) without a CUDA device.
 #![cfg(feature = "cuda")]
 
+mod common;
+
 use alexnet::arch::ArchConfig;
 use alexnet::engine::cpu::CpuEngine;
 use alexnet::engine::cuda::CudaEngine;
@@ -10,6 +12,7 @@ use alexnet::engine::Engine;
 use alexnet::model::{Init, Model, Sgd};
 use alexnet::parallel::Network;
 use alexnet::rng::Rng;
+use common::rel_err;
 
 type Tensors = Vec<(String, Vec<usize>, Vec<f32>)>;
 
@@ -46,17 +49,6 @@ fn one_step<E: Engine>(e: &E, init: Init, images: &[f32], labels: &[u32]) -> Ste
         grads,
         updated: m.read_params(e).unwrap(),
     }
-}
-
-/// Norm-wise relative difference.
-fn rel(a: &[f32], b: &[f32]) -> f64 {
-    let num: f64 = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| (*x as f64 - *y as f64).powi(2))
-        .sum();
-    let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
-    (num / den.max(1e-300)).sqrt()
 }
 
 fn gpu(tf32: bool) -> Option<CudaEngine> {
@@ -194,7 +186,7 @@ fn split_columns_on_two_engines_match_the_whole_net() {
     println!("loss whole {lw} split {ls}; traffic {traffic:?}");
     assert!(((lw - ls) / lw).abs() < 1e-5, "loss {lw} vs {ls}");
     for ((name, _, a), (_, _, b)) in gs.iter().zip(&gw).chain(ps.iter().zip(&pw)) {
-        let e = rel(a, b);
+        let e = rel_err(a, b);
         assert!(e < 1e-5, "{name}: relative difference {e:.2e}");
     }
     assert!(traffic.between_executors > 0);
@@ -206,8 +198,8 @@ fn assert_all_close(gpu: &CudaEngine, g: &Step, c: &Step, tol: f64, gradients: b
         vec![("loss".into(), ((g.loss - c.loss) / c.loss).abs() as f64)];
     for (i, l) in LAYERS.iter().enumerate() {
         let (a, d) = (
-            rel(&g.acts[i], &c.acts[i]),
-            rel(&g.out_grads[i], &c.out_grads[i]),
+            rel_err(&g.acts[i], &c.acts[i]),
+            rel_err(&g.out_grads[i], &c.out_grads[i]),
         );
         println!("  {l:<6} activation {a:.2e}   gradient of output {d:.2e}");
         all.push((format!("activation of {l}"), a));
@@ -217,12 +209,12 @@ fn assert_all_close(gpu: &CudaEngine, g: &Step, c: &Step, tol: f64, gradients: b
     }
     if gradients {
         for ((name, _, a), (_, _, b)) in g.grads.iter().zip(&c.grads) {
-            let e = rel(a, b);
+            let e = rel_err(a, b);
             println!("  grad {name:<14} {e:.2e}");
             all.push((format!("gradient of {name}"), e));
         }
         for ((name, _, a), (_, _, b)) in g.updated.iter().zip(&c.updated) {
-            all.push((format!("updated {name}"), rel(a, b)));
+            all.push((format!("updated {name}"), rel_err(a, b)));
         }
     }
     let bad: Vec<_> = all.iter().filter(|(_, e)| e.is_nan() || *e > tol).collect();
@@ -291,7 +283,7 @@ fn each_convolution_at_its_alexnet_shape_matches_the_cpu_engine() {
                 "{} {what}: the CPU engine's result is all zero",
                 p.layer.name
             );
-            let e = rel(a, bb);
+            let e = rel_err(a, bb);
             println!("{} {what}: {e:.2e}", p.layer.name);
             // Dot products of length <= 12100 in two f32 summation orders.
             assert!(e <= 1e-5, "{} {what}: {e:.3e}", p.layer.name);

@@ -2,11 +2,14 @@
 //! classes, two columns, dropout on) forward and backward on a batch of 2, with the reference
 //! network composed from `alexnet-reference`'s layer functions by walking the same table.
 
+mod common;
+
 use alexnet::arch::{ArchConfig, Kind};
 use alexnet::engine::cpu::CpuEngine;
 use alexnet::model::{Init, Model};
 use alexnet::rng::{dropout_keep, Rng};
 use alexnet_reference as r;
+use common::rel_err;
 
 /// Loss and every parameter gradient of `cfg`'s net on (images, labels), computed in f64 by
 /// the reference layers, with the same parameters and dropout masks as the engine's model.
@@ -138,13 +141,6 @@ fn pool_of(p: &alexnet::arch::PlannedLayer, n: usize, size: usize, stride: usize
         size,
         stride,
     }
-}
-
-/// ‖a − b‖ / ‖b‖ over a whole tensor.
-fn rel_err(a: &[f32], b: &[f64]) -> f64 {
-    let num: f64 = a.iter().zip(b).map(|(&x, &y)| (x as f64 - y).powi(2)).sum();
-    let den: f64 = b.iter().map(|y| y * y).sum();
-    (num / den.max(1e-300)).sqrt()
 }
 
 #[test]
