@@ -84,6 +84,10 @@ pub struct Model<E: Engine> {
     act_sizes: Vec<usize>,
     lrn_scales: Vec<E::Buf>,
     probs: E::Buf,
+    /// The second input buffer of [`Model::prefetch_input`] (allocated on first use), and whether
+    /// it holds a batch that no forward has used yet.
+    next_input: Option<E::Buf>,
+    next_input_ready: bool,
     /// Per-row (forward, backward) seconds of the last pass, when profiling is on.
     profile: Option<Vec<(f64, f64)>>,
 }
@@ -187,6 +191,8 @@ impl<E: Engine> Model<E> {
             act_sizes,
             lrn_scales: Vec::new(),
             probs: e.alloc(0)?,
+            next_input: None,
+            next_input_ready: false,
             profile: None,
         };
         model.set_batch(e, batch)?;
@@ -224,6 +230,8 @@ impl<E: Engine> Model<E> {
             }
         }
         self.probs = e.alloc(n * self.cfg.classes)?;
+        self.next_input = None;
+        self.next_input_ready = false;
         self.batch = n;
         Ok(())
     }
@@ -333,14 +341,57 @@ impl<E: Engine> Model<E> {
     /// dropout masks drawn from that seed; None = test mode.
     pub fn forward(&mut self, e: &E, images: &[f32], train_seed: Option<u64>) -> Result<()> {
         self.upload_input(e, images)?;
+        self.forward_rows(e, train_seed)
+    }
+
+    /// Uploads the batch the next [`Model::forward_prefetched`] will use into a second input
+    /// buffer, leaving the current one (which the backward still reads) alone. Called between
+    /// `forward` and `backward`, the upload overlaps the work the engine has queued: on the GPU
+    /// the host's copy into page-locked staging runs while the forward's kernels do.
+    pub fn prefetch_input(&mut self, e: &E, images: &[f32]) -> Result<()> {
+        self.check_input(images)?;
+        let next = match &mut self.next_input {
+            Some(buf) => buf,
+            None => self
+                .next_input
+                .insert(e.alloc(self.batch * self.act_sizes[0])?),
+        };
+        e.upload(next, images)?;
+        self.next_input_ready = true;
+        Ok(())
+    }
+
+    /// [`Model::forward`] on the batch of the last [`Model::prefetch_input`].
+    pub fn forward_prefetched(&mut self, e: &E, train_seed: Option<u64>) -> Result<()> {
+        self.use_prefetched_input()?;
+        self.forward_rows(e, train_seed)
+    }
+
+    /// Makes the prefetched batch the input (the old input buffer becomes the next prefetch's).
+    pub(crate) fn use_prefetched_input(&mut self) -> Result<()> {
+        match &mut self.next_input {
+            Some(next) if self.next_input_ready => {
+                std::mem::swap(&mut self.acts[0], next);
+                self.next_input_ready = false;
+                Ok(())
+            }
+            _ => Err(Error::Config(
+                "forward_prefetched called with no batch prefetched since the last one \
+                 (call prefetch_input first)"
+                    .into(),
+            )),
+        }
+    }
+
+    fn forward_rows(&mut self, e: &E, train_seed: Option<u64>) -> Result<()> {
         for row in 0..self.steps.len() {
             self.forward_row(e, row, train_seed)?;
         }
         Ok(())
     }
 
-    /// Checks the batch of images against the input shape and uploads it.
-    pub(crate) fn upload_input(&mut self, e: &E, images: &[f32]) -> Result<()> {
+    /// Checks a batch of images against the input shape.
+    fn check_input(&self, images: &[f32]) -> Result<()> {
         let want = self.batch * self.act_sizes[0];
         if images.len() != want {
             return Err(Error::shape(
@@ -354,6 +405,12 @@ impl<E: Engine> Model<E> {
                 ),
             ));
         }
+        Ok(())
+    }
+
+    /// Checks the batch of images against the input shape and uploads it.
+    pub(crate) fn upload_input(&mut self, e: &E, images: &[f32]) -> Result<()> {
+        self.check_input(images)?;
         e.upload(&mut self.acts[0], images)
     }
 

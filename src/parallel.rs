@@ -335,9 +335,27 @@ impl<E: Engine> ColumnModel<E> {
         images: &[f32],
         train_seed: Option<u64>,
     ) -> Result<()> {
-        self.traffic = Traffic::default();
         // Every column sees the whole image (conv1 reads all three channels in both columns).
         self.par_columns(engines, |m, e| m.upload_input(e, images))?;
+        self.forward_rows(engines, train_seed)
+    }
+
+    /// Uploads the next batch into every column's second input buffer; see
+    /// [`Model::prefetch_input`].
+    pub fn prefetch_input(&mut self, engines: &[E], images: &[f32]) -> Result<()> {
+        self.par_columns(engines, |m, e| m.prefetch_input(e, images))
+    }
+
+    /// [`ColumnModel::forward`] on the batch of the last [`ColumnModel::prefetch_input`].
+    pub fn forward_prefetched(&mut self, engines: &[E], train_seed: Option<u64>) -> Result<()> {
+        for m in &mut self.columns {
+            m.use_prefetched_input()?;
+        }
+        self.forward_rows(engines, train_seed)
+    }
+
+    fn forward_rows(&mut self, engines: &[E], train_seed: Option<u64>) -> Result<()> {
+        self.traffic = Traffic::default();
         for r in 0..self.columns[0].steps.len() {
             if self.columns[0].steps[r].row.gather {
                 self.gather_forward(engines, r)?;
@@ -597,6 +615,24 @@ impl<E: Engine> Network<E> {
     pub fn forward(&mut self, engines: &[E], images: &[f32], seed: Option<u64>) -> Result<()> {
         dispatch!(self, engines, |m, e| m.forward(e, images, seed), |c, es| c
             .forward(es, images, seed))
+    }
+
+    pub fn prefetch_input(&mut self, engines: &[E], images: &[f32]) -> Result<()> {
+        dispatch!(
+            self,
+            engines,
+            |m, e| m.prefetch_input(e, images),
+            |c, es| c.prefetch_input(es, images)
+        )
+    }
+
+    pub fn forward_prefetched(&mut self, engines: &[E], seed: Option<u64>) -> Result<()> {
+        dispatch!(
+            self,
+            engines,
+            |m, e| m.forward_prefetched(e, seed),
+            |c, es| c.forward_prefetched(es, seed)
+        )
     }
 
     pub fn backward(&mut self, engines: &[E], labels: &[u32], seed: Option<u64>) -> Result<f32> {

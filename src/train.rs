@@ -525,11 +525,25 @@ pub fn train<E: Engine>(
         let (mut epoch_loss, mut epoch_top1, mut epoch_top5, mut epoch_n) =
             (0.0, 0usize, 0usize, 0);
         let epoch_start = Instant::now();
-        while let Some(next) = loader.next() {
-            let (batch, waited) = next?;
+        // Each step's forward runs on a batch uploaded during the step before: the next batch is
+        // fetched and uploaded while the engine works through the forward, not after the step.
+        let mut pending = loader.next().transpose()?;
+        let mut first_wait = pending.as_ref().map_or(Duration::ZERO, |p| p.1);
+        if let Some((first, _)) = &pending {
+            model.prefetch_input(engines, &first.images)?;
+        }
+        while let Some((batch, _)) = pending.take() {
             let t0 = Instant::now();
+            // An epoch's first batch was waited for before the step began; the others are waited
+            // for inside the step before theirs.
+            let own_wait = std::mem::take(&mut first_wait);
             let step_seed = hash(state.dropout_seed_base, state.step);
-            model.forward(engines, &batch.images, Some(step_seed))?;
+            model.forward_prefetched(engines, Some(step_seed))?;
+            pending = loader.next().transpose()?;
+            if let Some((next, _)) = &pending {
+                model.prefetch_input(engines, &next.images)?;
+            }
+            let waited = own_wait + pending.as_ref().map_or(Duration::ZERO, |p| p.1);
             let loss = model.backward(engines, &batch.labels, Some(step_seed))?;
             if !loss.is_finite() {
                 let culprit = model
@@ -552,7 +566,7 @@ pub fn train<E: Engine>(
             let probs = model.train_probabilities(engines)?;
             let top1 = topk_errors(&probs, classes, &batch.labels, 1);
             let top5 = topk_errors(&probs, classes, &batch.labels, 5.min(classes));
-            let seconds = t0.elapsed().as_secs_f64() + waited.as_secs_f64();
+            let seconds = (t0.elapsed() + own_wait).as_secs_f64();
             let images_per_s = batch.n as f64 / seconds.max(1e-9);
             state.step += 1;
             state.batch_in_epoch += 1;

@@ -192,6 +192,25 @@ fn split_columns_on_two_engines_match_the_whole_net() {
     assert!(traffic.between_executors > 0);
 }
 
+/// The trainer's prefetch on the GPU: the next batch is uploaded (through page-locked staging)
+/// while the forward's kernels run, into the second input buffer. Bit-for-bit the same losses and
+/// weights as uploading each batch at its forward: the same kernels run on the same values in the
+/// same order, and an upload that landed in the buffer the backward still reads would change
+/// conv1's weight gradient. Paper net at batch 128, so each batch is a 79 MB staged upload.
+#[test]
+fn prefetched_batches_train_exactly_like_uploaded_ones() {
+    let Some(gpu) = gpu(false) else { return };
+    let engines = std::slice::from_ref(&gpu);
+    let cfg = ArchConfig::default();
+    let [uploaded, prefetched] = common::uploaded_and_prefetched_runs(engines, false, &cfg, 128, 3);
+    println!(
+        "losses uploaded {:?} prefetched {:?}",
+        uploaded.0, prefetched.0
+    );
+    assert_eq!(uploaded.0, prefetched.0);
+    assert!(uploaded.1 == prefetched.1, "parameters differ");
+}
+
 fn assert_all_close(gpu: &CudaEngine, g: &Step, c: &Step, tol: f64, gradients: bool) {
     println!("{}: loss cpu {} gpu {}", gpu.name(), c.loss, g.loss);
     let mut all: Vec<(String, f64)> =

@@ -1,6 +1,8 @@
 //! Training behaviour: the net can overfit a tiny batch, a resumed run repeats the uninterrupted
 //! one exactly, and the trainer's guards (flags, NaN) give clear errors.
 
+mod common;
+
 use std::sync::atomic::AtomicBool;
 
 use alexnet::arch::ArchConfig;
@@ -58,6 +60,55 @@ fn overfits_a_tiny_batch() {
         best < first / 5.0,
         "loss went from {first} to at best {best}: {losses:?}"
     );
+}
+
+/// Every layer of the paper's net (1x1 maps after pool5) with dropout on, at a size that runs in
+/// seconds.
+fn small_net() -> ArchConfig {
+    ArchConfig {
+        classes: 10,
+        input_size: 67,
+        ..ArchConfig::default()
+    }
+}
+
+#[test]
+fn prefetched_batches_train_exactly_like_uploaded_ones() {
+    let cfg = small_net();
+    let whole = [CpuEngine::new(2).unwrap()];
+    let columns = [CpuEngine::new(1).unwrap(), CpuEngine::new(1).unwrap()];
+    for (engines, split) in [(&whole[..], false), (&columns[..], true)] {
+        let [uploaded, prefetched] =
+            common::uploaded_and_prefetched_runs(engines, split, &cfg, 3, 3);
+        assert_eq!(uploaded.0, prefetched.0, "losses, split {split}");
+        assert!(
+            uploaded.1 == prefetched.1,
+            "parameters differ, split {split}"
+        );
+    }
+}
+
+#[test]
+fn forward_prefetched_needs_a_fresh_prefetch() {
+    let cfg = small_net();
+    let e = CpuEngine::new(2).unwrap();
+    let mut model = Model::new(&e, cfg, Init::Caffe, 3, 2).unwrap();
+    let images = vec![0.5f32; 2 * 3 * 67 * 67];
+    let no_batch = model.forward_prefetched(&e, None).unwrap_err().to_string();
+    assert!(no_batch.contains("prefetch_input"), "{no_batch}");
+    let wrong = model
+        .prefetch_input(&e, &images[1..])
+        .unwrap_err()
+        .to_string();
+    assert!(wrong.contains("model input"), "{wrong}");
+    model.prefetch_input(&e, &images).unwrap();
+    model.forward_prefetched(&e, None).unwrap();
+    // Each prefetched batch is used once: running it again would silently repeat a batch.
+    assert!(model.forward_prefetched(&e, None).is_err());
+    // A new batch size drops a batch prefetched for the old one.
+    model.prefetch_input(&e, &images).unwrap();
+    model.set_batch(&e, 1).unwrap();
+    assert!(model.forward_prefetched(&e, None).is_err());
 }
 
 #[test]

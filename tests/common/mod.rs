@@ -14,3 +14,51 @@ pub fn rel_err<T: Copy + Into<f64>>(a: &[f32], b: &[T]) -> f64 {
     let den: f64 = b.iter().map(|&y| y.into().powi(2)).sum();
     (num / den.max(1e-300)).sqrt()
 }
+
+/// Trains `steps` steps on distinct random batches twice from the same start: uploading each batch
+/// as its forward begins, and prefetching it during the step before (as `train` does); returns
+/// the (losses, final parameters) of both. The two must agree bit for bit: they are the same
+/// ops on the same values, and a prefetch that clobbered the input the backward still reads, or a
+/// forward on the wrong buffer, changes them.
+pub fn uploaded_and_prefetched_runs<E: alexnet::engine::Engine>(
+    engines: &[E],
+    split: bool,
+    cfg: &alexnet::arch::ArchConfig,
+    n: usize,
+    steps: usize,
+) -> [(Vec<f32>, alexnet::model::HostTensors); 2] {
+    use alexnet::model::{Init, Sgd};
+    use alexnet::parallel::Network;
+    let mut rng = alexnet::rng::Rng::new(31);
+    let batches: Vec<(Vec<f32>, Vec<u32>)> = (0..steps)
+        .map(|_| {
+            let images = (0..n * 3 * cfg.input_size * cfg.input_size)
+                .map(|_| (rng.normal() * 50.0) as f32)
+                .collect();
+            let labels = (0..n).map(|_| rng.below(cfg.classes) as u32).collect();
+            (images, labels)
+        })
+        .collect();
+    let run = |prefetch: bool| {
+        let mut net = Network::new(engines, split, cfg.clone(), Init::Caffe, 5, n).unwrap();
+        let mut losses = Vec::new();
+        if prefetch {
+            net.prefetch_input(engines, &batches[0].0).unwrap();
+        }
+        for (i, (images, labels)) in batches.iter().enumerate() {
+            let seed = Some(100 + i as u64);
+            if prefetch {
+                net.forward_prefetched(engines, seed).unwrap();
+                if let Some((next, _)) = batches.get(i + 1) {
+                    net.prefetch_input(engines, next).unwrap();
+                }
+            } else {
+                net.forward(engines, images, seed).unwrap();
+            }
+            losses.push(net.backward(engines, labels, seed).unwrap());
+            net.sgd_step(engines, 0.01, &Sgd::default()).unwrap();
+        }
+        (losses, net.read_params(engines).unwrap())
+    };
+    [run(false), run(true)]
+}
