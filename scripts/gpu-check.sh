@@ -8,6 +8,11 @@
 #                                  # beside PyTorch+cuDNN; logs to $OUT (if set) or .gpu-pack/logs;
 #                                  # a summary table last. Stays under 7 minutes.
 #
+# GPU_CHECK_CANDIDATE=<git ref> scripts/gpu-check.sh prepare also builds that commit (in a
+# temporary worktree) into .gpu-pack/candidate/; run then tests it too and benches it right after
+# the checked-out code, each configuration back to back on the same card: an A/B of a change in
+# one call, with no baseline from another run (or another card) needed.
+#
 # prepare needs CUDA_PATH (a CUDA 13.0 toolkit); without it, it installs the pinned PyPI toolkit
 # with scripts/install-cuda-toolkit.sh into ${ALEXNET_CUDA_DIR:-$HOME/.cache/alexnet-cuda13}.
 # run finds libcublas.so.13 on the host (PyTorch's pip packages or a system toolkit) and puts its
@@ -17,21 +22,15 @@ cd "$(dirname "$0")/.."
 PACK=.gpu-pack
 LIMIT_MIB=60
 
-prepare() {
-    if [[ -z "${CUDA_PATH:-}" ]]; then
-        CUDA_PATH="$(bash scripts/install-cuda-toolkit.sh "${ALEXNET_CUDA_DIR:-$HOME/.cache/alexnet-cuda13}" | tail -n1)"
-        export CUDA_PATH
-    fi
-    echo "CUDA_PATH=$CUDA_PATH"
-    # No debug info and stripped symbols: the binaries must fit the pack limit.
-    export CARGO_PROFILE_RELEASE_DEBUG=0 CARGO_PROFILE_RELEASE_STRIP=symbols
-
-    rm -rf "$PACK"
-    mkdir -p "$PACK/bin"
-    local json="$PACK/cargo-tests.json"
+# build_into DIR: the GPU test binaries (tests/cuda_*.rs, tests/model*.rs) and alexnet-cli of the
+# tree in the current directory, release and stripped, into DIR/bin; the tests' names in
+# DIR/tests.txt.
+build_into() {
+    local dir=$1
+    mkdir -p "$dir/bin"
+    local json="$dir/cargo-tests.json"
     cargo test --release --features cuda --no-run --message-format=json >"$json"
-    # Test binaries for the GPU: tests/cuda_*.rs and tests/model*.rs.
-    python3 - "$json" "$PACK/bin" >"$PACK/tests.txt" <<'EOF'
+    python3 - "$json" "$dir/bin" >"$dir/tests.txt" <<'EOF'
 import json, shutil, sys, os
 src, dst = sys.argv[1], sys.argv[2]
 for line in open(src):
@@ -50,21 +49,45 @@ for line in open(src):
     print(t["name"])
 EOF
     rm -f "$json"
-    if [[ ! -s "$PACK/tests.txt" ]]; then
+    if [[ ! -s "$dir/tests.txt" ]]; then
         echo "no cuda_*/model* test binaries were built" >&2
         exit 1
     fi
-
     if cargo build --release --features cuda --bin alexnet-cli; then
-        cp target/release/alexnet-cli "$PACK/bin/"
+        cp "${CARGO_TARGET_DIR:-target}/release/alexnet-cli" "$dir/bin/"
     else
         echo "warning: alexnet-cli did not build; run will skip the Rust bench" >&2
     fi
-    strip "$PACK"/bin/* 2>/dev/null || true
+    strip "$dir"/bin/* 2>/dev/null || true
+}
+
+prepare() {
+    if [[ -z "${CUDA_PATH:-}" ]]; then
+        CUDA_PATH="$(bash scripts/install-cuda-toolkit.sh "${ALEXNET_CUDA_DIR:-$HOME/.cache/alexnet-cuda13}" | tail -n1)"
+        export CUDA_PATH
+    fi
+    echo "CUDA_PATH=$CUDA_PATH"
+    # No debug info and stripped symbols: the binaries must fit the pack limit.
+    export CARGO_PROFILE_RELEASE_DEBUG=0 CARGO_PROFILE_RELEASE_STRIP=symbols
+
+    rm -rf "$PACK"
+    build_into "$PACK"
     if [[ -f benches/compare_pytorch.py ]]; then
         cp benches/compare_pytorch.py "$PACK/"
     else
         echo "warning: benches/compare_pytorch.py missing; run will skip PyTorch" >&2
+    fi
+    local candidate=""
+    if [[ -n "${GPU_CHECK_CANDIDATE:-}" ]]; then
+        candidate="$(git rev-parse --short "$GPU_CHECK_CANDIDATE^{commit}")"
+        local tree=target/gpu-check-candidate root=$PWD
+        git worktree remove --force "$tree" 2>/dev/null || rm -rf "$tree"
+        git worktree prune
+        git worktree add --detach "$tree" "$candidate" >/dev/null
+        # The same target dir: only the alexnet crates are rebuilt, not every dependency.
+        (cd "$tree" && export CARGO_TARGET_DIR="$root/target" && build_into "$root/$PACK/candidate")
+        git worktree remove --force "$tree"
+        echo "$GPU_CHECK_CANDIDATE ($candidate)" >"$PACK/candidate/ref.txt"
     fi
 
     {
@@ -73,6 +96,10 @@ EOF
         echo "toolkit: $("$CUDA_PATH/bin/nvcc" --version | tail -n1)"
         echo "tests: $(tr '\n' ' ' <"$PACK/tests.txt")"
         (cd "$PACK" && ls -l bin)
+        if [[ -n "$candidate" ]]; then
+            echo "candidate: $GPU_CHECK_CANDIDATE = $candidate: $(git log -1 --format=%s "$candidate" | cut -c1-100)"
+            (cd "$PACK/candidate" && ls -l bin)
+        fi
     } >"$PACK/manifest.txt"
     cat "$PACK/manifest.txt"
 
@@ -101,7 +128,7 @@ step() {
     local left
     left=$(remaining)
     if ((left < 15)); then
-        SUMMARY+=("$(printf '%-28s %-8s %s' "$name" "SKIPPED" "out of time")")
+        SUMMARY+=("$(printf '%-36s %-8s %s' "$name" "SKIPPED" "out of time")")
         return 0
     fi
     ((cap > left)) && cap=$left
@@ -120,7 +147,27 @@ step() {
     local skips
     skips=$(grep -c "skipped: no CUDA device" "$log" || true)
     ((skips > 0)) && detail="$detail [$skips GPU tests SKIPPED: no device]"
-    SUMMARY+=("$(printf '%-28s %-8s %4ss  %s' "$name" "$status" "$dt" "$detail")")
+    SUMMARY+=("$(printf '%-36s %-8s %4ss  %s' "$name" "$status" "$dt" "$detail")")
+}
+
+# The summary's prefix for a variant's steps: none for the checked-out build.
+tag() {
+    [[ $1 == "$PACK" ]] || echo "cand. "
+}
+
+# bench NAME LOG CAP ARGS...: `alexnet-cli bench ARGS --batch-size 128 --steps 20` on every
+# variant (the variables of run: variants, logs).
+bench() {
+    local name=$1 log=$2 cap=$3 v
+    shift 3
+    for v in "${variants[@]}"; do
+        if [[ -x "$v/bin/alexnet-cli" ]]; then
+            step "$(tag "$v")$name" "$logs/$(tag "$v" | tr -d ' ')$log.log" "$cap" \
+                "$v/bin/alexnet-cli" bench "$@" --batch-size 128 --steps 20
+        else
+            SUMMARY+=("$(printf '%-36s %-8s %s' "$(tag "$v")$name" "SKIPPED" "alexnet-cli not packed")")
+        fi
+    done
 }
 
 find_cublas() {
@@ -189,41 +236,35 @@ for pinned in (False, True):
     print(f"h2d {'pinned' if pinned else 'pageable'}: {dt * 1e3:.2f} ms per 79 MB batch, {n * 4 / dt / 1e9:.1f} GB/s")
 EOF
 
-    local name
-    while read -r name; do
-        [[ -n "$name" ]] || continue
-        # stdin from /dev/null: the loop's own stdin is the list of names.
-        step "test $name" "$logs/test-$name.log" 200 "$PACK/bin/$name" --test-threads=1 --nocapture </dev/null
-    done <"$PACK/tests.txt"
-
-    if [[ -x "$PACK/bin/alexnet-cli" ]]; then
-        # The batch flag's spelling, from the binary's own help.
-        local batch_flag=--batch
-        "$PACK/bin/alexnet-cli" bench --help 2>/dev/null | grep -q -- '--batch-size' && batch_flag=--batch-size
-        step "bench alexnet-rs cuda b128" "$logs/bench-rust.log" 120 \
-            "$PACK/bin/alexnet-cli" bench --device cuda "$batch_flag" 128 --steps 20
-        # The same with the small-card default scratch (several rounds per layer), and with TF32.
-        if "$PACK/bin/alexnet-cli" bench --help 2>/dev/null | grep -q -- '--gpu-scratch-mib'; then
-            step "bench cuda scratch 256 MiB" "$logs/bench-rust-scratch.log" 60 \
-                "$PACK/bin/alexnet-cli" bench --device cuda --gpu-scratch-mib 256 "$batch_flag" 128 --steps 20
-        fi
-        step "bench alexnet-rs cuda tf32" "$logs/bench-rust-tf32.log" 60 \
-            "$PACK/bin/alexnet-cli" bench --device cuda --tf32 "$batch_flag" 128 --steps 20
-        # Model parallelism: the two columns on two engines (two GPUs, or two streams of one).
-        if "$PACK/bin/alexnet-cli" bench --help 2>/dev/null | grep -q -- '--gpus'; then
-            step "bench alexnet-rs cuda --gpus 2" "$logs/bench-rust-gpus2.log" 120 \
-                "$PACK/bin/alexnet-cli" bench --device cuda --gpus 2 "$batch_flag" 128 --steps 20
-        fi
-    else
-        SUMMARY+=("$(printf '%-28s %-8s %s' "bench alexnet-rs cuda b128" "SKIPPED" "alexnet-cli not packed")")
+    # The checked-out build, then the candidate's when packed (prepare with GPU_CHECK_CANDIDATE).
+    local variants=("$PACK") v name
+    if [[ -d "$PACK/candidate/bin" ]]; then
+        variants+=("$PACK/candidate")
+        echo "candidate: $(cat "$PACK/candidate/ref.txt" 2>/dev/null)"
     fi
+    for v in "${variants[@]}"; do
+        while read -r name; do
+            [[ -n "$name" ]] || continue
+            # stdin from /dev/null: the loop's own stdin is the list of names.
+            step "$(tag "$v")test $name" "$logs/$(tag "$v" | tr -d ' ')test-$name.log" 200 \
+                "$v/bin/$name" --test-threads=1 --nocapture </dev/null
+        done <"$v/tests.txt"
+    done
+
+    # Each configuration on every variant back to back, so the A/B shares the card's state.
+    bench "bench alexnet-rs cuda b128" bench-rust 120 --device cuda
+    # The small-card default scratch (several rounds per layer), TF32, and model parallelism
+    # (the two columns on two engines: two GPUs, or two streams of one).
+    bench "bench cuda scratch 256 MiB" bench-rust-scratch 60 --device cuda --gpu-scratch-mib 256
+    bench "bench alexnet-rs cuda tf32" bench-rust-tf32 60 --device cuda --tf32
+    bench "bench alexnet-rs cuda --gpus 2" bench-rust-gpus2 120 --device cuda --gpus 2
     if [[ -f "$PACK/compare_pytorch.py" ]]; then
         step "bench pytorch cuda b128" "$logs/bench-pytorch.log" 120 \
             "$py" "$PACK/compare_pytorch.py" --device cuda --batch 128 --steps 20
         step "bench pytorch cuda tf32" "$logs/bench-pytorch-tf32.log" 60 \
             "$py" "$PACK/compare_pytorch.py" --device cuda --tf32 --batch 128 --steps 20
     else
-        SUMMARY+=("$(printf '%-28s %-8s %s' "bench pytorch cuda b128" "SKIPPED" "compare_pytorch.py not packed")")
+        SUMMARY+=("$(printf '%-36s %-8s %s' "bench pytorch cuda b128" "SKIPPED" "compare_pytorch.py not packed")")
     fi
 
     {
