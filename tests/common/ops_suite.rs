@@ -193,6 +193,10 @@ fn lrn_cases() -> Vec<(LrnShape, LrnParams, f64)> {
         (s(2, 6, 5, 5, 3), p(4, 0.5, 0.9, 2.0, false), 1.5),
         // LRN2-like: 256 channels in two columns, the paper's constants, 13x13
         (s(2, 256, 13, 13, 2), LrnParams::PAPER, 60.0),
+        // Channel counts off power-of-two tiles (a kernel that tiles channels by 32 gets a
+        // column boundary, 35, inside a tile) and a 9-wide window.
+        (s(2, 70, 6, 7, 2), LrnParams::PAPER, 60.0),
+        (s(1, 40, 5, 9, 1), p(9, 0.1, 0.75, 1.0, false), 1.5),
     ]
 }
 
