@@ -527,23 +527,28 @@ pub fn train<E: Engine>(
         let epoch_start = Instant::now();
         // Each step's forward runs on a batch uploaded during the step before: the next batch is
         // fetched and uploaded while the engine works through the forward, not after the step.
-        let mut pending = loader.next().transpose()?;
-        let mut first_wait = pending.as_ref().map_or(Duration::ZERO, |p| p.1);
-        if let Some((first, _)) = &pending {
+        let mut pending = loader.next();
+        let mut first_wait = Duration::ZERO;
+        if let Some(Ok((first, waited))) = &pending {
             model.prefetch_input(engines, &first.images)?;
+            first_wait = *waited;
         }
-        while let Some((batch, _)) = pending.take() {
+        while let Some(next) = pending.take() {
+            // A batch the loader could not make is reported here, once the step before it is
+            // done (and checkpointed, when one was due).
+            let (batch, _) = next?;
             let t0 = Instant::now();
             // An epoch's first batch was waited for before the step began; the others are waited
             // for inside the step before theirs.
             let own_wait = std::mem::take(&mut first_wait);
             let step_seed = hash(state.dropout_seed_base, state.step);
             model.forward_prefetched(engines, Some(step_seed))?;
-            pending = loader.next().transpose()?;
-            if let Some((next, _)) = &pending {
+            pending = loader.next();
+            let mut waited = own_wait;
+            if let Some(Ok((next, next_wait))) = &pending {
                 model.prefetch_input(engines, &next.images)?;
+                waited += *next_wait;
             }
-            let waited = own_wait + pending.as_ref().map_or(Duration::ZERO, |p| p.1);
             let loss = model.backward(engines, &batch.labels, Some(step_seed))?;
             if !loss.is_finite() {
                 let culprit = model
