@@ -81,8 +81,14 @@ pub struct TrainState {
     pub dropout_seed_base: u64,
     /// Seed of the per-epoch data order.
     pub data_seed: u64,
-    /// Worker threads the run used, recorded so a resume can tell when it differs.
+    /// Host threads of the engines the run computed with (0 on GPUs), recorded so a resume can
+    /// tell when it differs (float summation order may depend on it).
     pub threads: usize,
+    /// The run's settings (`train`'s flags as JSON): on resume they come from here, and a flag
+    /// given differently on the command line is refused unless overridden. Absent in files
+    /// written before settings were saved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settings: Option<serde_json::Value>,
 }
 
 /// A model file: weights plus what inference and resuming need.
@@ -251,6 +257,38 @@ impl Checkpoint {
                 other => ckpt_err(tmp, format!("cannot serialise: {other}")),
             })
         })
+    }
+
+    /// The training state in a checkpoint's header, without reading its tensors (a few KB of a
+    /// file of hundreds of MB): None for an inference-only file.
+    pub fn read_train_state(path: &Path) -> Result<Option<TrainState>> {
+        use std::io::Read;
+        let mut f = File::open(path).map_err(|e| Error::io(path, e))?;
+        let file_len = f.metadata().map_err(|e| Error::io(path, e))?.len();
+        let mut len = [0u8; 8];
+        f.read_exact(&mut len)
+            .map_err(|_| ckpt_err(path, "truncated: shorter than the 8-byte header length"))?;
+        let n = u64::from_le_bytes(len);
+        if n > file_len.saturating_sub(8) {
+            return Err(ckpt_err(
+                path,
+                format!(
+                    "truncated or not safetensors: a header of {n} bytes in a file of {file_len}"
+                ),
+            ));
+        }
+        let mut header = vec![0u8; n as usize];
+        f.read_exact(&mut header).map_err(|e| Error::io(path, e))?;
+        let v: serde_json::Value = serde_json::from_slice(&header)
+            .map_err(|e| ckpt_err(path, format!("header is not JSON: {e}")))?;
+        match v
+            .get("__metadata__")
+            .and_then(|m| m.get(KEY_TRAIN_STATE))
+            .and_then(|s| s.as_str())
+        {
+            Some(s) => Ok(Some(from_json(path, KEY_TRAIN_STATE, s)?)),
+            None => Ok(None),
+        }
     }
 
     /// Reads and validates a checkpoint: a safetensors file of F32 tensors whose parameter names
@@ -599,6 +637,15 @@ impl CheckpointDir {
             dir: dir.to_path_buf(),
             keep,
         })
+    }
+
+    /// The file names of the directory `dir`, for looking at what it holds: nothing is created
+    /// or cleaned, and `save` on it would keep no step files.
+    pub fn at(dir: &Path) -> CheckpointDir {
+        CheckpointDir {
+            dir: dir.to_path_buf(),
+            keep: 0,
+        }
     }
 
     pub fn dir(&self) -> &Path {

@@ -45,10 +45,6 @@ pub enum Error {
     /// The user asked for something invalid (flags, configuration).
     #[error("{0}")]
     Config(String),
-
-    /// Training was interrupted by the user (Ctrl-C); what was done is saved.
-    #[error("interrupted")]
-    Interrupted,
 }
 
 impl Error {

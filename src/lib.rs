@@ -1,7 +1,8 @@
 //! alexnet-rs: the AlexNet of Krizhevsky, Sutskever & Hinton (2012).
 //!
 //! Data flows one way: `data` (prepare, loader, augmentation) → `Batch` → `model` on an
-//! [`engine::Engine`] → gradients → `optim` (the paper's SGD) → `checkpoint`.
+//! [`engine::Engine`] → gradients → [`model::Sgd`] (the paper's SGD rule) → `checkpoint`;
+//! `train` runs that loop.
 
 pub mod arch;
 pub mod checkpoint;
@@ -9,11 +10,14 @@ pub mod data;
 pub mod engine;
 pub mod error;
 pub mod eval;
+pub mod memory;
 pub mod metrics;
 pub mod model;
 pub mod parallel;
 pub mod plot;
 pub mod rng;
+pub mod run;
+pub mod settings;
 pub mod train;
 
 pub use error::{Error, Result};

@@ -17,35 +17,37 @@ use crate::eval::{evaluate, EvalOptions};
 use crate::metrics::{topk_errors, EpochRecord, MetricsLog, StepRecord};
 use crate::model::{Init, Sgd};
 use crate::parallel::Network;
-use crate::rng::{hash, Rng};
+use crate::rng::hash;
+use crate::settings;
 
 /// `alexnet-cli train` options. Defaults are the paper's (Section 5) except where the built-in
 /// dataset needs otherwise (then the help says so).
-#[derive(clap::Args, Debug, Clone)]
+#[derive(clap::Args, Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct TrainArgs {
     /// A dataset made by `alexnet-cli prepare`. Without it, trains on the built-in procedural
     /// dataset (generated in memory from --seed).
     #[arg(long)]
     pub data: Option<PathBuf>,
-    /// Stop after this many SGD steps (overrides --epochs).
-    #[arg(long)]
+    /// Stop after this many SGD steps in all (counted from the run's start, also on --resume);
+    /// overrides --epochs: the run goes on through as many epochs as it takes.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub steps: Option<u64>,
     /// Passes over the training set. Default: 90 on --data (the paper's "roughly 90 cycles"),
     /// 10 on the built-in dataset.
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub epochs: Option<u64>,
     /// Images per SGD step. Default: the paper's 128 with --data; 64 on the built-in dataset
     /// (its quick demo: twice the SGD steps in the same time).
-    #[arg(long)]
+    #[arg(long, value_parser = settings::count_in(1, settings::MAX_BATCH))]
     pub batch_size: Option<usize>,
-    /// Initial learning rate, equal for all layers (the paper: 0.01).
-    #[arg(long, default_value_t = 0.01)]
+    /// Initial learning rate, equal for all layers (the paper: 0.01). Above 0.
+    #[arg(long, default_value_t = 0.01, value_parser = settings::positive)]
     pub lr: f32,
-    /// Momentum (the paper: 0.9).
-    #[arg(long, default_value_t = 0.9)]
+    /// Momentum (the paper: 0.9), in [0, 1).
+    #[arg(long, default_value_t = 0.9, value_parser = settings::below_one)]
     pub momentum: f32,
-    /// Weight decay (the paper: 0.0005).
-    #[arg(long, default_value_t = 0.0005)]
+    /// Weight decay (the paper: 0.0005), 0 or more.
+    #[arg(long, default_value_t = 0.0005, value_parser = settings::non_negative)]
     pub weight_decay: f32,
     /// Also apply weight decay to biases (cuda-convnet and Caffe do not; the paper is silent).
     #[arg(long)]
@@ -53,20 +55,17 @@ pub struct TrainArgs {
     /// Seed for initialisation, data order, augmentation and dropout.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
-    /// Engine threads (CPU engine; 0 = all cores).
-    #[arg(long, default_value_t = 0)]
-    pub threads: usize,
     /// Loader threads preparing batches ahead of the engine (0 = one per core).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = settings::count_in(0, settings::MAX_THREADS))]
     pub workers: usize,
     /// Number of classes (built-in dataset: how many to generate, default 10; with --data it
     /// must match the dataset).
-    #[arg(long)]
+    #[arg(long, value_parser = settings::count_in(2, settings::MAX_CLASSES))]
     pub classes: Option<usize>,
     /// Input side in pixels. 227 makes the paper's 55x55 conv1 maps exact; smaller values (>= 67)
     /// give the same layers on smaller maps. Default: 227 with --data; 99 on the built-in
     /// dataset (its quick demo: about 1/5 of the FLOPs).
-    #[arg(long)]
+    #[arg(long, value_parser = settings::count_in(1, settings::MAX_INPUT))]
     pub input_size: Option<usize>,
     /// Weight initialisation: `paper` (Section 5) or `caffe` (std 0.005 on fc6/fc7, biases 0.1),
     /// for when the paper's init leaves the loss flat at ln(classes). Default: paper with --data;
@@ -81,11 +80,11 @@ pub struct TrainArgs {
     /// several columns share one (each on its own stream), with a notice. Activations cross
     /// between devices only at the cross-column layers. Without it (and --executors), the whole
     /// net runs on one device: the same function, as groups.
-    #[arg(long, value_name = "N", conflicts_with = "executors")]
+    #[arg(long, value_name = "N", conflicts_with = "executors", value_parser = settings::count_in(1, settings::MAX_EXECUTORS))]
     pub gpus: Option<usize>,
     /// The same split on N executors of --device (with the CPU engine: N engines sharing the
     /// cores), e.g. to run the model-parallel path without a GPU.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = settings::count_in(1, settings::MAX_EXECUTORS))]
     pub executors: Option<usize>,
     /// The layers whose columns read all columns of their input (the paper: conv3,fc6,fc7,fc8;
     /// "choosing the pattern of connectivity is a problem for cross-validation"). Any of
@@ -94,8 +93,8 @@ pub struct TrainArgs {
     pub cross_column: Option<Vec<String>>,
     /// Dropout probability in fc6 and fc7. Default: the paper's 0.5 with --data; 0 on the
     /// built-in dataset (its quick demo: dropout "roughly doubles the number of iterations
-    /// required to converge", Section 4.2).
-    #[arg(long)]
+    /// required to converge", Section 4.2). In [0, 1).
+    #[arg(long, value_parser = settings::below_one)]
     pub dropout: Option<f32>,
     /// Scale kept units by 1/(1-p) while training instead of the paper's multiplying outputs by
     /// (1-p) at test time (PyTorch/Caffe convention).
@@ -105,14 +104,14 @@ pub struct TrainArgs {
     #[arg(long)]
     pub lrn_alpha_over_n: bool,
     /// Divide the learning rate by 10 when validation top-1 error has not improved for this many
-    /// epochs (the paper's heuristic), at most --max-lr-drops times.
-    #[arg(long, default_value_t = 3)]
+    /// epochs (the paper's heuristic), at most --max-lr-drops times. At least 1.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     pub patience: u32,
     /// How many times the learning rate may be divided by 10 (the paper: three).
     #[arg(long, default_value_t = 3)]
     pub max_lr_drops: u32,
-    /// Use a fixed schedule instead: divide by 10 every this many epochs.
-    #[arg(long)]
+    /// Use a fixed schedule instead: divide by 10 every this many epochs (at least 1).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub lr_step_epochs: Option<u64>,
     /// Turn off all training-time augmentation (crops become centre crops).
     #[arg(long)]
@@ -127,18 +126,34 @@ pub struct TrainArgs {
     #[arg(long)]
     pub no_pca: bool,
     /// Where checkpoints go (DIR/last.safetensors, DIR/best.safetensors, DIR/step-N...) and the
-    /// metrics log (DIR/metrics.jsonl).
+    /// metrics log (DIR/metrics.jsonl). Default: a new directory RUNS_DIR/run-N for every run,
+    /// printed at the start. A directory that already holds a run is refused unless --resume
+    /// or --overwrite is given.
     #[arg(long)]
     pub checkpoint_dir: Option<PathBuf>,
-    /// Continue from DIR/last.safetensors: same weights, momentum, schedule, RNG and data position.
+    /// Where runs without --checkpoint-dir get their directory (run-1, run-2, ...).
+    #[arg(long, default_value = "runs")]
+    pub runs_dir: PathBuf,
+    /// Continue the run in --checkpoint-dir from its last.safetensors: same weights, momentum,
+    /// schedule, RNG, data position and settings. Only the budget and machinery may change
+    /// (--steps, --epochs, --workers, --log, --quiet, --checkpoint-every, --keep, and the device
+    /// flags); any other flag that differs from the run's is refused unless --override is given.
     #[arg(long, requires = "checkpoint_dir")]
     pub resume: bool,
+    /// With --resume: take the settings given on the command line even where they differ from
+    /// the run's (listed at the start). The architecture must still fit the saved weights.
+    #[arg(long = "override", requires = "resume")]
+    pub override_settings: bool,
+    /// Start a new run in a --checkpoint-dir that holds one (or into a --log file that has
+    /// records), deleting its checkpoints and metrics first.
+    #[arg(long, conflicts_with = "resume")]
+    pub overwrite: bool,
     /// Start from the weights of a checkpoint (fine-tuning). A different class count gets a
     /// freshly initialised fc8.
     #[arg(long, conflicts_with = "resume")]
     pub init_from: Option<PathBuf>,
     /// Save a checkpoint every this many steps as well as after each epoch.
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub checkpoint_every: Option<u64>,
     /// How many step checkpoints to keep besides last and best.
     #[arg(long, default_value_t = 3)]
@@ -148,23 +163,34 @@ pub struct TrainArgs {
     #[arg(long)]
     pub log: Option<PathBuf>,
     /// Built-in dataset: training images.
-    #[arg(long, default_value_t = 4096)]
+    #[arg(long, default_value_t = 4096, value_parser = settings::count(1))]
     pub builtin_train: usize,
     /// Built-in dataset: validation images.
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = 512, value_parser = settings::count(1))]
     pub builtin_val: usize,
     /// No progress bar (one line per epoch instead).
     #[arg(long)]
     pub quiet: bool,
+    /// The flags given on the command line (field names), as opposed to defaults: on --resume
+    /// those are compared with the run's settings. Filled by the CLI from clap's matches.
+    #[arg(skip)]
+    #[serde(skip)]
+    pub explicit: Vec<String>,
 }
 
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(
+    clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
 pub enum InitArg {
     Paper,
     Caffe,
 }
 
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(
+    clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
 pub enum PresetArg {
     Paper,
     OneColumn,
@@ -180,6 +206,8 @@ pub struct TrainSummary {
     pub last_val_top5: Option<f32>,
     pub interrupted: bool,
     pub last_checkpoint: Option<PathBuf>,
+    /// Where the run's checkpoints and metrics are.
+    pub run_dir: PathBuf,
 }
 
 /// The training and validation data with what the loader needs to normalise it.
@@ -290,7 +318,11 @@ impl TrainArgs {
             .unwrap_or(if self.demo() { DEMO_BATCH_SIZE } else { 128 })
     }
 
+    /// The epoch budget: unbounded with --steps, which then sets the budget alone.
     pub fn epochs(&self) -> u64 {
+        if self.steps.is_some() {
+            return u64::MAX;
+        }
         self.epochs
             .unwrap_or(if self.demo() { DEMO_EPOCHS } else { 90 })
     }
@@ -311,7 +343,10 @@ impl TrainArgs {
             ),
             (self.init.is_none(), "--init caffe (paper: paper)".into()),
             (self.dropout.is_none(), "--dropout 0 (paper: 0.5)".into()),
-            (self.epochs.is_none(), format!("{DEMO_EPOCHS} epochs")),
+            (
+                self.epochs.is_none() && self.steps.is_none(),
+                format!("{DEMO_EPOCHS} epochs"),
+            ),
         ]
         .into_iter()
         .filter_map(|(default, what)| default.then_some(what))
@@ -344,8 +379,9 @@ pub fn arch_from_args(args: &TrainArgs, classes: usize) -> ArchConfig {
     }
 }
 
-/// Mutable state of a run: everything a checkpoint must hold to resume exactly.
+/// Mutable state of a fresh run: everything a checkpoint must hold to resume exactly.
 fn fresh_state(args: &TrainArgs) -> TrainState {
+    let (rng, dropout_seed_base, data_seed) = crate::run::fresh_seeds(args.seed);
     TrainState {
         step: 0,
         epoch: 0,
@@ -354,23 +390,57 @@ fn fresh_state(args: &TrainArgs) -> TrainState {
         best_val_top1: None,
         epochs_since_best: 0,
         lr_drops: 0,
-        rng: Rng::new(args.seed),
-        dropout_seed_base: hash(args.seed, 0xd209),
-        data_seed: hash(args.seed, 0xda7a),
-        threads: args.threads,
+        rng,
+        dropout_seed_base,
+        data_seed,
+        threads: 0,
+        settings: None,
     }
 }
 
+/// The host threads the engines compute with, 0 for device engines.
+fn host_threads<E: Engine>(engines: &[E]) -> usize {
+    engines.iter().filter_map(Engine::host_threads).sum()
+}
+
 /// Trains on `engines` until the step/epoch budget is spent or `stop` is raised (Ctrl-C): the
-/// whole network on `engines[0]`, or with `--gpus` its columns spread over all of them.
+/// whole network on `engines[0]`, or with `--gpus` its columns spread over all of them. Every run
+/// saves into its own directory (`--checkpoint-dir`, or a new RUNS_DIR/run-N).
 pub fn train<E: Engine>(
     engines: &[E],
-    args: &TrainArgs,
+    given: &TrainArgs,
     stop: &AtomicBool,
 ) -> Result<TrainSummary> {
+    // ---- the run's settings: the command line's, or on --resume the run's own ----
+    let given = &with_absolute_data(given)?;
+    let resumed = match (&given.checkpoint_dir, given.resume) {
+        (Some(dir), true) => Some(crate::run::load_resumed(dir, given)?),
+        (None, true) => {
+            return Err(Error::Config(
+                "--resume needs --checkpoint-dir: the directory of the run to continue".into(),
+            ))
+        }
+        (_, false) => None,
+    };
+    let args = resumed.as_ref().map_or(given, |r| &r.args);
     validate(args)?;
-    // ---- data ----
-    let data = open_data(args)?;
+    let init_from = match &args.init_from {
+        Some(path) => Some((path, Checkpoint::load(path)?)),
+        None => None,
+    };
+
+    // ---- data, once the configuration is known to fit in memory ----
+    let data = match &args.data {
+        None => {
+            check_memory(engines, args, args.classes.unwrap_or(10))?;
+            open_data(args)?
+        }
+        Some(_) => {
+            let data = open_data(args)?;
+            check_memory(engines, args, data.class_names.len())?;
+            data
+        }
+    };
     let classes = data.class_names.len();
     if let Some(c) = args.classes.filter(|&c| c != classes) {
         return Err(Error::Config(format!(
@@ -378,6 +448,7 @@ pub fn train<E: Engine>(
         )));
     }
     let arch = arch_from_args(args, classes);
+    arch.plan()?;
     let side = data.train.side();
     if side < args.input_size() {
         return Err(Error::Config(format!(
@@ -387,11 +458,11 @@ pub fn train<E: Engine>(
         )));
     }
 
+    // ---- where it saves: never over another run ----
+    let run_dir = crate::run::run_directory(args)?;
+    let ckpt_dir = CheckpointDir::new(&run_dir, args.keep)?;
+
     // ---- model: fresh, resumed, or initialised from another run ----
-    let ckpt_dir = match &args.checkpoint_dir {
-        Some(d) => Some(CheckpointDir::new(d, args.keep)?),
-        None => None,
-    };
     let init = match args.init() {
         InitArg::Paper => Init::Paper,
         InitArg::Caffe => Init::Caffe,
@@ -406,46 +477,48 @@ pub fn train<E: Engine>(
         args.batch_size(),
     )?;
     let mut state = fresh_state(args);
-    if args.resume {
-        let dir = ckpt_dir.as_ref().expect("clap requires --checkpoint-dir");
-        let path = dir.last();
-        let ckpt = Checkpoint::load(&path)?;
-        if ckpt.arch != arch {
+    if let Some(r) = &resumed {
+        if r.checkpoint.arch != arch {
             return Err(Error::Checkpoint {
-                path,
+                path: r.path.clone(),
                 msg: format!(
-                    "was trained with a different architecture ({:?}); resume with the same flags",
-                    ckpt.arch
+                    "holds a net of another architecture ({}); the weights cannot be resumed \
+                     into it (use --init-from to start a new run from them)",
+                    arch_differences(&r.checkpoint.arch, &arch).join(", ")
                 ),
             });
         }
-        load_weights(engines, &mut model, &ckpt, true)?;
-        state = ckpt.train_state.clone().ok_or_else(|| Error::Checkpoint {
-            path: path.clone(),
-            msg: "holds no training state (an inference-only file); use --init-from".into(),
-        })?;
+        load_weights(engines, &mut model, &r.checkpoint, true)?;
+        state = r.state()?;
+        let threads = host_threads(engines);
+        if state.threads != threads {
+            println!(
+                "notice: the run computed with {} host threads, this process with {threads}: the \
+                 results stay the same up to float summation order, no longer bit for bit",
+                state.threads
+            );
+        }
         println!(
             "resumed from {} at epoch {} step {}",
-            path.display(),
-            state.epoch,
+            r.path.display(),
+            state.epoch + 1,
             state.step
         );
-    } else if let Some(path) = &args.init_from {
-        let ckpt = Checkpoint::load(path)?;
-        let reused = load_weights(engines, &mut model, &ckpt, false)?;
+    } else if let Some((path, ckpt)) = &init_from {
+        let reused = load_weights(engines, &mut model, ckpt, false)?;
         println!("initialised {reused} tensors from {}", path.display());
     }
+    state.threads = host_threads(engines);
+    state.settings = Some(crate::run::settings_json(args)?);
 
-    let log_path = args.log.clone().or_else(|| {
-        args.checkpoint_dir
-            .as_ref()
-            .map(|d| d.join("metrics.jsonl"))
-    });
-    let mut log = match &log_path {
-        // On resume, records after the checkpoint's step (written before a crash) are dropped.
-        Some(p) if args.resume => Some(MetricsLog::open_resume(p, state.step)?),
-        Some(p) => Some(MetricsLog::open(p, false)?),
-        None => None,
+    let log_path = args
+        .log
+        .clone()
+        .unwrap_or_else(|| run_dir.join(crate::run::METRICS_FILE));
+    // On resume, records after the checkpoint's step (written before a crash) are dropped.
+    let mut log = match args.resume {
+        true => MetricsLog::open_resume(&log_path, state.step)?,
+        false => MetricsLog::open(&log_path, false)?,
     };
     let sgd = Sgd {
         momentum: args.momentum,
@@ -472,7 +545,12 @@ pub fn train<E: Engine>(
         data.val.len(),
         classes,
         args.batch_size(),
-        state.lr
+        fmt_lr(state.lr)
+    );
+    println!(
+        "run directory: {} (checkpoints, {})",
+        run_dir.display(),
+        log_path.display()
     );
     let demo = args.demo_defaults();
     if !demo.is_empty() {
@@ -492,6 +570,7 @@ pub fn train<E: Engine>(
         last_val_top5: None,
         interrupted: false,
         last_checkpoint: None,
+        run_dir: run_dir.clone(),
     };
     let flat = FlatLossDetector::new(classes);
     let mut flat_warned = false;
@@ -503,7 +582,7 @@ pub fn train<E: Engine>(
             LoaderConfig {
                 batch: args.batch_size(),
                 workers: args.workers,
-                prefetch: 4,
+                prefetch: LOADER_PREFETCH,
                 seed: state.data_seed,
                 augment: augment.clone(),
                 shuffle: true,
@@ -520,7 +599,12 @@ pub fn train<E: Engine>(
                 args.batch_size()
             )));
         }
-        let bar = progress_bar(args.quiet, per_epoch as u64, state.epoch + 1, epochs);
+        // With --steps the epochs are as many as the steps take.
+        let epochs_shown = match args.steps {
+            Some(steps) => steps.div_ceil(per_epoch as u64),
+            None => epochs,
+        };
+        let bar = progress_bar(args.quiet, per_epoch as u64, state.epoch + 1, epochs_shown);
         bar.set_position(state.batch_in_epoch);
         let (mut epoch_loss, mut epoch_top1, mut epoch_top5, mut epoch_n) =
             (0.0, 0usize, 0usize, 0);
@@ -564,7 +648,7 @@ pub fn train<E: Engine>(
                      Try a lower --lr (now {}) or --init caffe",
                     state.step,
                     state.epoch + 1,
-                    state.lr
+                    fmt_lr(state.lr)
                 )));
             }
             model.sgd_step(engines, state.lr, &sgd)?;
@@ -581,20 +665,18 @@ pub fn train<E: Engine>(
             epoch_n += batch.n;
             summary.losses.push(loss);
             summary.steps = state.step;
-            if let Some(log) = log.as_mut() {
-                log.step(&StepRecord {
-                    epoch: state.epoch + 1,
-                    step: state.step,
-                    lr: state.lr,
-                    loss,
-                    top1_err: top1 as f32 / batch.n as f32,
-                    top5_err: top5 as f32 / batch.n as f32,
-                    images_per_s: images_per_s as f32,
-                    data_wait_s: waited.as_secs_f32(),
-                })?;
-            }
+            log.step(&StepRecord {
+                epoch: state.epoch + 1,
+                step: state.step,
+                lr: state.lr,
+                loss,
+                top1_err: top1 as f32 / batch.n as f32,
+                top5_err: top5 as f32 / batch.n as f32,
+                images_per_s: images_per_s as f32,
+                data_wait_s: waited.as_secs_f32(),
+            })?;
             bar.set_message(format!(
-                "loss {loss:.4}  top-1 {:.1}%  top-5 {:.1}%  {images_per_s:.1} img/s  data-wait {:.0} ms",
+                "loss {loss:.4}  top-1 err {:.1}%  top-5 err {:.1}%  {images_per_s:.1} img/s  data-wait {:.0} ms",
                 100.0 * top1 as f32 / batch.n as f32,
                 100.0 * top5 as f32 / batch.n as f32,
                 waited.as_secs_f64() * 1e3
@@ -610,13 +692,14 @@ pub fn train<E: Engine>(
                 .checkpoint_every
                 .is_some_and(|k| state.step.is_multiple_of(k));
             if interrupted || budget_spent || periodic {
-                if let Some(dir) = &ckpt_dir {
-                    let ck = make_checkpoint(engines, &model, &data, &state, args)?;
-                    summary.last_checkpoint = Some(dir.save(&ck, state.step, false)?);
-                }
+                let ck = make_checkpoint(engines, &model, &data, &state)?;
+                summary.last_checkpoint = Some(ckpt_dir.save(&ck, state.step, false)?);
             }
             if interrupted {
-                bar.abandon_with_message("interrupted: state saved");
+                bar.abandon_with_message(match &summary.last_checkpoint {
+                    Some(p) => format!("interrupted: saved {}", p.display()),
+                    None => "interrupted".into(),
+                });
                 summary.interrupted = true;
                 return Ok(summary);
             }
@@ -672,27 +755,23 @@ pub fn train<E: Engine>(
             seconds: epoch_start.elapsed().as_secs_f64(),
         };
         println!(
-            "epoch {}/{}: train loss {:.4}, train top-1 {:.2}%, val top-1 {:.2}% top-5 {:.2}% (chance {:.1}%){}",
+            "epoch {}/{}: train loss {:.4}, train top-1 err {:.2}%, val top-1 err {:.2}% top-5 err {:.2}% (chance {:.1}%){}",
             state.epoch,
-            epochs,
+            epochs_shown,
             record.train_loss,
             100.0 * record.train_top1,
             100.0 * val.top1,
             100.0 * val.top5,
             100.0 * (1.0 - 1.0 / classes as f32),
             if state.lr < lr_before {
-                format!("; learning rate {lr_before} -> {}", state.lr)
+                format!("; learning rate {} -> {}", fmt_lr(lr_before), fmt_lr(state.lr))
             } else {
                 String::new()
             }
         );
-        if let Some(log) = log.as_mut() {
-            log.epoch(&record)?;
-        }
-        if let Some(dir) = &ckpt_dir {
-            let ck = make_checkpoint(engines, &model, &data, &state, args)?;
-            summary.last_checkpoint = Some(dir.save(&ck, state.step, improved)?);
-        }
+        log.epoch(&record)?;
+        let ck = make_checkpoint(engines, &model, &data, &state)?;
+        summary.last_checkpoint = Some(ckpt_dir.save(&ck, state.step, improved)?);
         if stop.load(Ordering::SeqCst) {
             summary.interrupted = true;
             return Ok(summary);
@@ -701,22 +780,108 @@ pub fn train<E: Engine>(
     Ok(summary)
 }
 
+/// Every setting's range, for settings that may not have come through the flag parser (read back
+/// from a checkpoint on --resume, or set by a library user): the parser's rules, checked again.
 fn validate(args: &TrainArgs) -> Result<()> {
-    if args.batch_size() == 0 {
-        return Err(Error::Config("--batch-size must be at least 1".into()));
+    let counts = [
+        ("--batch-size", args.batch_size() as u64, 1),
+        ("--steps", args.steps.unwrap_or(1), 1),
+        ("--epochs", args.epochs.unwrap_or(1), 1),
+        ("--classes", args.classes.unwrap_or(2) as u64, 2),
+        ("--input-size", args.input_size() as u64, 1),
+        ("--patience", args.patience as u64, 1),
+        ("--lr-step-epochs", args.lr_step_epochs.unwrap_or(1), 1),
+        ("--checkpoint-every", args.checkpoint_every.unwrap_or(1), 1),
+        ("--builtin-train", args.builtin_train as u64, 1),
+        ("--builtin-val", args.builtin_val as u64, 1),
+    ];
+    for (flag, value, min) in counts {
+        if value < min {
+            return Err(Error::Config(format!(
+                "{flag} must be at least {min} (got {value})"
+            )));
+        }
     }
-    if !(args.lr.is_finite() && args.lr > 0.0) {
+    if args.workers as u64 > settings::MAX_THREADS {
         return Err(Error::Config(format!(
-            "--lr must be positive (got {})",
-            args.lr
+            "--workers must be at most {} (got {})",
+            settings::MAX_THREADS,
+            args.workers
         )));
     }
-    if args.steps == Some(0) || args.epochs == Some(0) {
-        return Err(Error::Config(
-            "--steps and --epochs must be at least 1".into(),
-        ));
+    let reals = [
+        ("--lr", settings::is_positive(args.lr)),
+        ("--momentum", settings::is_below_one(args.momentum)),
+        (
+            "--weight-decay",
+            settings::is_non_negative(args.weight_decay),
+        ),
+        ("--dropout", settings::is_below_one(args.dropout())),
+    ];
+    for (flag, check) in reals {
+        check.map_err(|m| Error::Config(format!("{flag} {m}")))?;
     }
     Ok(())
+}
+
+/// `--data` as an absolute path, so the run's saved settings name the same dataset from any
+/// working directory.
+fn with_absolute_data(args: &TrainArgs) -> Result<TrainArgs> {
+    let mut args = args.clone();
+    if let Some(dir) = &args.data {
+        args.data = Some(std::fs::canonicalize(dir).map_err(|e| Error::io(dir, e))?);
+    }
+    Ok(args)
+}
+
+/// Batches the loader keeps ready ahead of the engine.
+const LOADER_PREFETCH: usize = 4;
+
+/// Refuses, before any allocation, a configuration that cannot fit in this machine's memory.
+fn check_memory<E: Engine>(engines: &[E], args: &TrainArgs, classes: usize) -> Result<()> {
+    let Some(available) = crate::memory::available() else {
+        return Ok(());
+    };
+    let workers = match args.workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        w => w,
+    };
+    let threads = host_threads(engines);
+    let at = crate::memory::Placement {
+        threads,
+        net_in_host: threads > 0,
+        // The prefetched ones, one being built by each worker, and the one in use.
+        loader_batches: LOADER_PREFETCH + workers + 1,
+    };
+    crate::memory::check_training(
+        &arch_from_args(args, classes),
+        args.batch_size(),
+        at,
+        available,
+    )
+}
+
+/// "input_size 99 -> 67" for each field in which two architectures differ.
+fn arch_differences(saved: &ArchConfig, now: &ArchConfig) -> Vec<String> {
+    let (a, b) = (serde_json::to_value(saved), serde_json::to_value(now));
+    let (Ok(serde_json::Value::Object(a)), Ok(serde_json::Value::Object(b))) = (a, b) else {
+        return vec![format!("{saved:?} -> {now:?}")];
+    };
+    a.iter()
+        .filter(|(k, v)| b.get(*k) != Some(v))
+        .map(|(k, v)| {
+            format!(
+                "{k} {v} -> {}",
+                b.get(k).unwrap_or(&serde_json::Value::Null)
+            )
+        })
+        .collect()
+}
+
+/// A learning rate for people: four significant digits, so 0.01 / 10 in f32 prints as 0.001,
+/// not 0.0009999999.
+pub fn fmt_lr(lr: f32) -> String {
+    format!("{}", format!("{lr:.3e}").parse::<f32>().unwrap_or(lr))
 }
 
 /// The paper's heuristic ("divide the learning rate by 10 when the validation error rate stopped
@@ -776,7 +941,6 @@ fn make_checkpoint<E: Engine>(
     model: &Network<E>,
     data: &TrainData,
     state: &TrainState,
-    args: &TrainArgs,
 ) -> Result<Checkpoint> {
     let named = |v: crate::model::HostTensors| {
         v.into_iter()
@@ -785,7 +949,6 @@ fn make_checkpoint<E: Engine>(
     };
     let mut extra = std::collections::BTreeMap::new();
     extra.insert("data".to_string(), data.source.clone());
-    extra.insert("args".to_string(), format!("{args:?}"));
     Ok(Checkpoint {
         arch: model.cfg().clone(),
         class_names: data.class_names.clone(),

@@ -42,6 +42,7 @@ fn train_state(step: u64) -> TrainState {
         dropout_seed_base: 0xffff_ffff_ffff_fff1,
         data_seed: 42,
         threads: 2,
+        settings: Some(serde_json::json!({"lr": 0.01})),
     }
 }
 

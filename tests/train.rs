@@ -10,7 +10,7 @@ use alexnet::engine::cpu::CpuEngine;
 use alexnet::model::{Init, Model, Sgd};
 use alexnet::rng::Rng;
 use alexnet::train::{train, TrainArgs};
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Parser};
 
 /// The trainer's flags as the CLI would parse them.
 #[derive(Parser)]
@@ -19,10 +19,18 @@ struct Cli {
     args: TrainArgs,
 }
 
-fn args(extra: &[&str]) -> TrainArgs {
+/// The trainer's flags as the CLI parses them, with the flags given marked as such.
+fn try_args(extra: &[&str]) -> Result<TrainArgs, clap::Error> {
     let mut argv = vec!["train", "--quiet"];
     argv.extend_from_slice(extra);
-    Cli::try_parse_from(argv).unwrap().args
+    let matches = Cli::command().try_get_matches_from(argv)?;
+    let mut args = Cli::from_arg_matches(&matches)?.args;
+    args.explicit = alexnet::settings::explicit_flags(&matches);
+    Ok(args)
+}
+
+fn args(extra: &[&str]) -> TrainArgs {
+    try_args(extra).unwrap()
 }
 
 #[test]
@@ -125,8 +133,6 @@ fn resume_repeats_the_uninterrupted_run_exactly() {
         "16",
         "--classes",
         "4",
-        "--threads",
-        "2",
         "--workers",
         "2",
         "--init",
@@ -136,8 +142,14 @@ fn resume_repeats_the_uninterrupted_run_exactly() {
     let e = CpuEngine::new(2).unwrap();
 
     // Uninterrupted: 6 steps (1.5 epochs of 4 batches).
+    let whole_dir = tempfile::tempdir().unwrap();
     let mut a = common.to_vec();
-    a.extend(["--steps", "6"]);
+    a.extend([
+        "--steps",
+        "6",
+        "--checkpoint-dir",
+        whole_dir.path().to_str().unwrap(),
+    ]);
     let full = train(std::slice::from_ref(&e), &args(&a), &stop).unwrap();
     assert_eq!(full.losses.len(), 6);
 
@@ -183,7 +195,10 @@ fn split_columns_train_like_one_executor() {
     let stop = AtomicBool::new(false);
     let one = [CpuEngine::new(2).unwrap()];
     let two = [CpuEngine::new(1).unwrap(), CpuEngine::new(1).unwrap()];
-    let whole = train(&one, &args(&common), &stop).unwrap();
+    let whole_dir = tempfile::tempdir().unwrap();
+    let mut w = common.to_vec();
+    w.extend(["--checkpoint-dir", whole_dir.path().to_str().unwrap()]);
+    let whole = train(&one, &args(&w), &stop).unwrap();
     let mut a = common.to_vec();
     a.extend(["--executors", "2", "--checkpoint-dir", ck]);
     let split = train(&two, &args(&a), &stop).unwrap();
@@ -206,29 +221,40 @@ fn split_columns_train_like_one_executor() {
 fn bad_flags_are_clear_errors() {
     let stop = AtomicBool::new(false);
     let e = CpuEngine::new(1).unwrap();
+    // Refused before any work: no run directory is made for a run that cannot start.
+    let runs = tempfile::tempdir().unwrap();
+    let runs_dir = runs.path().to_str().unwrap();
     let err = train(
         std::slice::from_ref(&e),
-        &args(&["--input-size", "40", "--steps", "1"]),
+        &args(&["--input-size", "40", "--steps", "1", "--runs-dir", runs_dir]),
         &stop,
     )
     .unwrap_err()
     .to_string();
     assert!(err.contains("too small"), "{err}");
-    let err = train(
-        std::slice::from_ref(&e),
-        &args(&["--lr=-1", "--steps", "1"]),
-        &stop,
-    )
-    .unwrap_err()
-    .to_string();
+    assert_eq!(std::fs::read_dir(runs.path()).unwrap().count(), 0);
+    let err = try_args(&["--lr=-1", "--steps", "1"])
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("--lr"), "{err}");
+    // Settings that did not come through the parser are checked all the same.
+    let mut bad = args(&["--steps", "1", "--runs-dir", runs_dir]);
+    bad.momentum = 1.5;
+    let err = train(std::slice::from_ref(&e), &bad, &stop)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("--momentum"), "{err}");
 }
 
 #[test]
 fn divergence_names_the_step_and_the_layer() {
     let stop = AtomicBool::new(false);
     let e = CpuEngine::new(2).unwrap();
+    let dir = tempfile::tempdir().unwrap();
     let a = args(&[
+        "--checkpoint-dir",
+        dir.path().to_str().unwrap(),
         "--input-size",
         "67",
         "--batch-size",

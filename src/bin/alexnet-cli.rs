@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 use alexnet::arch::{summary_table, ArchConfig};
 use alexnet::checkpoint::Checkpoint;
@@ -17,6 +17,7 @@ use alexnet::engine::Engine;
 use alexnet::eval::{evaluate_ensemble, predict_files, EvalOptions};
 use alexnet::model::{Init, Model, Sgd};
 use alexnet::parallel::Network;
+use alexnet::settings::{self, MAX_BATCH, MAX_CLASSES, MAX_INPUT, MAX_THREADS};
 use alexnet::train::{load_weights, train, TrainArgs};
 use alexnet::{Error, Result};
 
@@ -49,10 +50,10 @@ enum Command {
     /// Print the layer table: shapes, parameters and multiply-adds per layer.
     Summary {
         /// Number of classes.
-        #[arg(long, default_value_t = 1000)]
+        #[arg(long, default_value_t = 1000, value_parser = settings::count_in(2, MAX_CLASSES))]
         classes: usize,
         /// Input side in pixels.
-        #[arg(long, default_value_t = 227)]
+        #[arg(long, default_value_t = 227, value_parser = settings::count_in(1, MAX_INPUT))]
         input_size: usize,
         /// `paper` (two columns) or `one-column` (footnote 2).
         #[arg(long, value_enum, default_value_t = alexnet::train::PresetArg::Paper)]
@@ -82,7 +83,7 @@ enum Command {
         #[arg(long)]
         json: bool,
         /// Images per forward pass.
-        #[arg(long, default_value_t = 128)]
+        #[arg(long, default_value_t = 128, value_parser = settings::count_in(1, MAX_BATCH))]
         batch_size: usize,
         #[command(flatten)]
         device: DeviceArgs,
@@ -98,8 +99,8 @@ enum Command {
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
-        /// How many classes to list.
-        #[arg(long, default_value_t = 5)]
+        /// How many classes to list (at most the net's classes are).
+        #[arg(long, default_value_t = 5, value_parser = settings::count(1))]
         top: usize,
         /// Image files (any format the `image` crate decodes).
         #[arg(required = true)]
@@ -113,29 +114,29 @@ enum Command {
     /// (training), and the cores needed to feed 10,000 images/s.
     BenchLoader {
         /// Loader threads for the end-to-end measurement (0 = one per core).
-        #[arg(long, default_value_t = 0)]
+        #[arg(long, default_value_t = 0, value_parser = settings::count_in(0, MAX_THREADS))]
         workers: usize,
         /// Seconds per measurement.
-        #[arg(long, default_value_t = 3.0)]
+        #[arg(long, default_value_t = 3.0, value_parser = settings::seconds)]
         seconds: f64,
     },
     /// Training throughput of the full model: images/s and time per layer.
     Bench {
-        #[arg(long, default_value_t = 128)]
+        #[arg(long, default_value_t = 128, value_parser = settings::count_in(1, MAX_BATCH))]
         batch_size: usize,
         /// Timed steps (after one warm-up step).
-        #[arg(long, default_value_t = 3)]
+        #[arg(long, default_value_t = 3, value_parser = settings::count(1))]
         steps: usize,
-        #[arg(long, default_value_t = 1000)]
+        #[arg(long, default_value_t = 1000, value_parser = settings::count_in(2, MAX_CLASSES))]
         classes: usize,
-        #[arg(long, default_value_t = 227)]
+        #[arg(long, default_value_t = 227, value_parser = settings::count_in(1, MAX_INPUT))]
         input_size: usize,
         /// Run the columns on N GPUs (model parallelism, as `train --gpus N`; implies --device
         /// cuda) and report the bytes that cross between them per step.
-        #[arg(long, value_name = "N", conflicts_with = "executors")]
+        #[arg(long, value_name = "N", conflicts_with = "executors", value_parser = settings::count_in(1, settings::MAX_EXECUTORS))]
         gpus: Option<usize>,
         /// The same split on N executors of --device (CPU: engines sharing the cores).
-        #[arg(long, value_name = "N")]
+        #[arg(long, value_name = "N", value_parser = settings::count_in(1, settings::MAX_EXECUTORS))]
         executors: Option<usize>,
         #[command(flatten)]
         device: DeviceArgs,
@@ -151,8 +152,8 @@ struct DeviceArgs {
     #[arg(long, default_value_t = 0)]
     gpu: usize,
     /// CPU engine threads (0 = all cores).
-    #[arg(long = "engine-threads", default_value_t = 0)]
-    engine_threads: usize,
+    #[arg(long, default_value_t = 0, value_parser = settings::count_in(0, MAX_THREADS))]
+    threads: usize,
     /// Allow TF32 tensor-core GEMMs on the GPU (faster, ~1e-3 relative error).
     #[arg(long)]
     tf32: bool,
@@ -161,6 +162,24 @@ struct DeviceArgs {
     /// of the card's memory, between 256 MiB and 2 GiB.
     #[arg(long = "gpu-scratch-mib", value_parser = clap::value_parser!(u64).range(1..))]
     gpu_scratch_mib: Option<u64>,
+}
+
+impl DeviceArgs {
+    /// The device flags to repeat when resuming (the run's settings come from its checkpoint;
+    /// these are this process's, so they are not).
+    fn resume_flags(&self) -> String {
+        let mut flags = String::new();
+        if self.device == Device::Cuda {
+            flags.push_str(&format!(" --device cuda --gpu {}", self.gpu));
+        }
+        if self.threads != 0 {
+            flags.push_str(&format!(" --threads {}", self.threads));
+        }
+        if self.tf32 {
+            flags.push_str(" --tf32");
+        }
+        flags
+    }
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -262,7 +281,14 @@ fn cuda_engines(dev: &DeviceArgs, count: usize) -> Result<Vec<alexnet::engine::c
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    // On --resume, the flags given (not their defaults) are compared with the run's settings.
+    if let (Command::Train { args, .. }, Some(train)) =
+        (&mut cli.command, matches.subcommand_matches("train"))
+    {
+        args.explicit = settings::explicit_flags(train);
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -284,11 +310,7 @@ fn run(cli: Cli) -> Result<()> {
                 }
                 eprintln!("\nCtrl-C: finishing this step and saving (press again to abort)");
             });
-            let threads = if device.engine_threads > 0 {
-                device.engine_threads
-            } else {
-                args.threads
-            };
+            let threads = device.threads;
             let mut device = device;
             if args.gpus.is_some() {
                 device.device = Device::Cuda;
@@ -296,9 +318,6 @@ fn run(cli: Cli) -> Result<()> {
             let executors = args.split_executors().unwrap_or(1);
             with_engines!(&device, threads, executors, |es| {
                 let s = train(&es, &args, &stop)?;
-                if let Some(p) = &s.last_checkpoint {
-                    println!("checkpoint: {}", p.display());
-                }
                 println!(
                     "{} {} steps{}",
                     if s.interrupted {
@@ -309,13 +328,22 @@ fn run(cli: Cli) -> Result<()> {
                     s.steps,
                     match (s.last_val_top1, s.last_val_top5) {
                         (Some(a), Some(b)) => format!(
-                            ", validation top-1 error {:.2}%, top-5 {:.2}%",
+                            ", validation top-1 error {:.2}%, top-5 error {:.2}%",
                             100.0 * a,
                             100.0 * b
                         ),
                         _ => String::new(),
                     }
                 );
+                match &s.last_checkpoint {
+                    Some(p) => println!(
+                        "saved {}\ncontinue with: alexnet-cli train --checkpoint-dir {} --resume{}",
+                        p.display(),
+                        s.run_dir.display(),
+                        device.resume_flags()
+                    ),
+                    None => println!("no checkpoint was written (no step completed)"),
+                }
                 Ok(())
             })
         }
@@ -349,7 +377,7 @@ fn run(cli: Cli) -> Result<()> {
             json,
             batch_size,
             device,
-        } => with_engines!(&device, device.engine_threads, 1, |es| {
+        } => with_engines!(&device, device.threads, 1, |es| {
             let (mut models, names, _) = load_models(&es, &checkpoints, batch_size)?;
             let ds = alexnet::data::packed::PackedDataset::open(&data, &split)?;
             let stats = alexnet::data::packed::PackedDataset::stats(&data)?;
@@ -419,7 +447,7 @@ fn run(cli: Cli) -> Result<()> {
             top,
             images,
             device,
-        } => with_engines!(&device, device.engine_threads, 1, |es| {
+        } => with_engines!(&device, device.threads, 1, |es| {
             let (mut models, names, stats) = load_models(&es, &checkpoints, 1)?;
             let results = predict_files(&es, &mut models, &names, &stats, &images, ten_crop, top);
             let mut failed = 0;
@@ -490,7 +518,7 @@ fn run(cli: Cli) -> Result<()> {
                 device.device = Device::Cuda;
             }
             let split = gpus.or(executors);
-            with_engines!(&device, device.engine_threads, split.unwrap_or(1), |es| {
+            with_engines!(&device, device.threads, split.unwrap_or(1), |es| {
                 bench(&es, split.is_some(), batch_size, steps, classes, input_size)
             })
         }

@@ -256,6 +256,13 @@ pub trait Engine: Send + Sync {
     /// A short human-readable name ("cpu (2 threads)", "cuda:0 NVIDIA H100 ...").
     fn name(&self) -> String;
 
+    /// The host threads that compute, for an engine whose buffers live in host memory (the CPU
+    /// engine); None for a device engine. Summation order, and so the last bits of a result,
+    /// may depend on it; memory estimates count the engine's buffers as host memory only here.
+    fn host_threads(&self) -> Option<usize> {
+        None
+    }
+
     // ---- memory ----
     /// A zero-filled buffer of `len` f32.
     fn alloc(&self, len: usize) -> Result<Self::Buf>;

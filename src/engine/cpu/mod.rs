@@ -181,6 +181,10 @@ impl Engine for CpuEngine {
         format!("cpu ({} threads)", self.threads)
     }
 
+    fn host_threads(&self) -> Option<usize> {
+        Some(self.threads)
+    }
+
     fn alloc(&self, len: usize) -> Result<Vec<f32>> {
         Ok(vec![0.0; len])
     }
