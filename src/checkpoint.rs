@@ -91,6 +91,34 @@ pub struct TrainState {
     pub settings: Option<serde_json::Value>,
 }
 
+impl TrainState {
+    /// The state of a run about to take its first step, seeded with `seed`.
+    pub fn fresh(seed: u64, lr: f32) -> TrainState {
+        let (rng, dropout_seed_base, data_seed) = TrainState::seeds(seed);
+        TrainState {
+            step: 0,
+            epoch: 0,
+            batch_in_epoch: 0,
+            lr,
+            best_val_top1: None,
+            epochs_since_best: 0,
+            lr_drops: 0,
+            rng,
+            dropout_seed_base,
+            data_seed,
+            threads: 0,
+            settings: None,
+        }
+    }
+
+    /// The sequential generator, the dropout seed base and the data-order seed of a run seeded
+    /// with `seed`.
+    pub fn seeds(seed: u64) -> (crate::rng::Rng, u64, u64) {
+        use crate::rng::{hash, Rng};
+        (Rng::new(seed), hash(seed, 0xd209), hash(seed, 0xda7a))
+    }
+}
+
 /// A model file: weights plus what inference and resuming need.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Checkpoint {

@@ -15,9 +15,11 @@ pub mod metrics;
 pub mod model;
 pub mod parallel;
 pub mod plot;
+pub mod report;
 pub mod rng;
 pub mod run;
 pub mod settings;
 pub mod train;
+pub mod trainer;
 
 pub use error::{Error, Result};

@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 
 use crate::checkpoint::{Checkpoint, CheckpointDir, TrainState};
 use crate::error::{Error, Result};
-use crate::rng::{hash, Rng};
 use crate::settings::{self, Difference};
 use crate::train::TrainArgs;
 
@@ -242,7 +241,7 @@ impl Resumed {
             state.lr = self.args.lr;
         }
         if changed("--seed") {
-            let seeded = fresh_seeds(self.args.seed);
+            let seeded = TrainState::seeds(self.args.seed);
             state.rng = seeded.0;
             state.dropout_seed_base = seeded.1;
             state.data_seed = seeded.2;
@@ -262,10 +261,4 @@ pub fn settings_json(args: &TrainArgs) -> Result<serde_json::Value> {
     let cannot =
         |e: serde_json::Error| Error::Config(format!("cannot record the run's settings: {e}"));
     serde_json::from_str(&serde_json::to_string(args).map_err(cannot)?).map_err(cannot)
-}
-
-/// The sequential generator, the dropout seed base and the data-order seed of a run seeded with
-/// `seed`.
-pub fn fresh_seeds(seed: u64) -> (Rng, u64, u64) {
-    (Rng::new(seed), hash(seed, 0xd209), hash(seed, 0xda7a))
 }

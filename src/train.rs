@@ -6,19 +6,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use indicatif::{ProgressBar, ProgressStyle};
-
 use crate::arch::{ArchConfig, Preset};
-use crate::checkpoint::{Checkpoint, CheckpointDir, NamedTensor, TrainState};
+use crate::checkpoint::{Checkpoint, CheckpointDir, TrainState};
 use crate::data::{Augment, Dataset, Loader, LoaderConfig, Stats};
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::eval::{evaluate, EvalOptions};
-use crate::metrics::{topk_errors, EpochRecord, MetricsLog, StepRecord};
+use crate::metrics::MetricsLog;
 use crate::model::{Init, Sgd};
 use crate::parallel::Network;
-use crate::rng::hash;
+use crate::report::Reporter;
 use crate::settings;
+use crate::trainer::{Alone, Schedule, Trainer};
 
 /// `alexnet-cli train` options. Defaults are the paper's (Section 5) except where the built-in
 /// dataset needs otherwise (then the help says so).
@@ -379,25 +378,6 @@ pub fn arch_from_args(args: &TrainArgs, classes: usize) -> ArchConfig {
     }
 }
 
-/// Mutable state of a fresh run: everything a checkpoint must hold to resume exactly.
-fn fresh_state(args: &TrainArgs) -> TrainState {
-    let (rng, dropout_seed_base, data_seed) = crate::run::fresh_seeds(args.seed);
-    TrainState {
-        step: 0,
-        epoch: 0,
-        batch_in_epoch: 0,
-        lr: args.lr,
-        best_val_top1: None,
-        epochs_since_best: 0,
-        lr_drops: 0,
-        rng,
-        dropout_seed_base,
-        data_seed,
-        threads: 0,
-        settings: None,
-    }
-}
-
 /// The host threads the engines compute with, 0 for device engines.
 fn host_threads<E: Engine>(engines: &[E]) -> usize {
     engines.iter().filter_map(Engine::host_threads).sum()
@@ -411,10 +391,84 @@ pub fn train<E: Engine>(
     given: &TrainArgs,
     stop: &AtomicBool,
 ) -> Result<TrainSummary> {
-    // ---- the run's settings: the command line's, or on --resume the run's own ----
-    let given = &with_absolute_data(given)?;
+    let (args, resumed) = run_settings(given)?;
+    let args = &args;
+    let init_from = match &args.init_from {
+        Some(path) => Some(Checkpoint::load(path)?),
+        None => None,
+    };
+    let data = open_data_that_fits(engines, args)?;
+    let arch = checked_arch(args, &data)?;
+    let run_dir = crate::run::run_directory(args)?;
+    let ckpt_dir = CheckpointDir::new(&run_dir, args.keep)?;
+    let (model, state) = build_model(engines, args, arch, resumed.as_ref(), init_from.as_ref())?;
+    let log_path = args
+        .log
+        .clone()
+        .unwrap_or_else(|| run_dir.join(crate::run::METRICS_FILE));
+    // On resume, records after the checkpoint's step (written before a crash) are dropped.
+    let log = match args.resume {
+        true => MetricsLog::open_resume(&log_path, state.step)?,
+        false => MetricsLog::open(&log_path, false)?,
+    };
+    announce(
+        engines,
+        args,
+        &data,
+        model.cfg(),
+        &state,
+        (&run_dir, &log_path),
+    );
+    let sgd = Sgd {
+        momentum: args.momentum,
+        weight_decay: args.weight_decay,
+        decay_biases: args.decay_biases,
+    };
+    let mut trainer = Trainer::new(engines, model, state, sgd, Box::new(Alone));
+    let classes = data.class_names.len();
+    let mut report = Reporter::new(log, args.quiet, classes, args.init() == InitArg::Paper);
+    let mut summary = TrainSummary {
+        steps: trainer.state.step,
+        epochs_completed: trainer.state.epoch,
+        losses: Vec::new(),
+        last_val_top1: None,
+        last_val_top5: None,
+        interrupted: false,
+        last_checkpoint: None,
+        run_dir,
+    };
+    // ---- the loop: epochs of steps, each epoch validated, scheduled and saved ----
+    while trainer.state.epoch < args.epochs() && budget_left(&trainer.state, args) {
+        let finished = train_epoch(
+            &mut trainer,
+            &mut report,
+            &data,
+            args,
+            stop,
+            &ckpt_dir,
+            &mut summary,
+        )?;
+        if summary.interrupted || !finished {
+            break;
+        }
+        let improved = end_epoch(&mut trainer, &mut report, &data, args, &mut summary)?;
+        let ck = trainer.checkpoint(&data)?;
+        let saved = ckpt_dir.save(&ck, trainer.state.step, improved)?;
+        trainer.last_saved = Some(saved.clone());
+        summary.last_checkpoint = Some(saved);
+        if stop.load(Ordering::SeqCst) {
+            summary.interrupted = true;
+        }
+    }
+    Ok(summary)
+}
+
+/// The run's settings: the command line's, or on --resume the run's own (with what may change
+/// taken from the command line), checked.
+fn run_settings(given: &TrainArgs) -> Result<(TrainArgs, Option<crate::run::Resumed>)> {
+    let given = with_absolute_data(given)?;
     let resumed = match (&given.checkpoint_dir, given.resume) {
-        (Some(dir), true) => Some(crate::run::load_resumed(dir, given)?),
+        (Some(dir), true) => Some(crate::run::load_resumed(dir, &given)?),
         (None, true) => {
             return Err(Error::Config(
                 "--resume needs --checkpoint-dir: the directory of the run to continue".into(),
@@ -422,25 +476,29 @@ pub fn train<E: Engine>(
         }
         (_, false) => None,
     };
-    let args = resumed.as_ref().map_or(given, |r| &r.args);
-    validate(args)?;
-    let init_from = match &args.init_from {
-        Some(path) => Some((path, Checkpoint::load(path)?)),
-        None => None,
-    };
+    let args = resumed.as_ref().map_or(given, |r| r.args.clone());
+    validate(&args)?;
+    Ok((args, resumed))
+}
 
-    // ---- data, once the configuration is known to fit in memory ----
-    let data = match &args.data {
+/// The data, once the configuration is known to fit in memory (for the built-in data, before it
+/// is generated; a prepared dataset is opened first to learn its class count, which is cheap).
+fn open_data_that_fits<E: Engine>(engines: &[E], args: &TrainArgs) -> Result<TrainData> {
+    match &args.data {
         None => {
             check_memory(engines, args, args.classes.unwrap_or(10))?;
-            open_data(args)?
+            open_data(args)
         }
         Some(_) => {
             let data = open_data(args)?;
             check_memory(engines, args, data.class_names.len())?;
-            data
+            Ok(data)
         }
-    };
+    }
+}
+
+/// The architecture the flags describe for `data`, its geometry checked.
+fn checked_arch(args: &TrainArgs, data: &TrainData) -> Result<ArchConfig> {
     let classes = data.class_names.len();
     if let Some(c) = args.classes.filter(|&c| c != classes) {
         return Err(Error::Config(format!(
@@ -457,12 +515,18 @@ pub fn train<E: Engine>(
             args.input_size()
         )));
     }
+    Ok(arch)
+}
 
-    // ---- where it saves: never over another run ----
-    let run_dir = crate::run::run_directory(args)?;
-    let ckpt_dir = CheckpointDir::new(&run_dir, args.keep)?;
-
-    // ---- model: fresh, resumed, or initialised from another run ----
+/// The model and the run's state: fresh, resumed from the run's checkpoint, or initialised from
+/// another run's weights.
+fn build_model<E: Engine>(
+    engines: &[E],
+    args: &TrainArgs,
+    arch: ArchConfig,
+    resumed: Option<&crate::run::Resumed>,
+    init_from: Option<&Checkpoint>,
+) -> Result<(Network<E>, TrainState)> {
     let init = match args.init() {
         InitArg::Paper => Init::Paper,
         InitArg::Caffe => Init::Caffe,
@@ -476,8 +540,8 @@ pub fn train<E: Engine>(
         args.seed,
         args.batch_size(),
     )?;
-    let mut state = fresh_state(args);
-    if let Some(r) = &resumed {
+    let mut state = TrainState::fresh(args.seed, args.lr);
+    if let Some(r) = resumed {
         if r.checkpoint.arch != arch {
             return Err(Error::Checkpoint {
                 path: r.path.clone(),
@@ -504,51 +568,38 @@ pub fn train<E: Engine>(
             state.epoch + 1,
             state.step
         );
-    } else if let Some((path, ckpt)) = &init_from {
+    } else if let Some(ckpt) = init_from {
         let reused = load_weights(engines, &mut model, ckpt, false)?;
-        println!("initialised {reused} tensors from {}", path.display());
+        if let Some(path) = &args.init_from {
+            println!("initialised {reused} tensors from {}", path.display());
+        }
     }
     state.threads = host_threads(engines);
     state.settings = Some(crate::run::settings_json(args)?);
+    Ok((model, state))
+}
 
-    let log_path = args
-        .log
-        .clone()
-        .unwrap_or_else(|| run_dir.join(crate::run::METRICS_FILE));
-    // On resume, records after the checkpoint's step (written before a crash) are dropped.
-    let mut log = match args.resume {
-        true => MetricsLog::open_resume(&log_path, state.step)?,
-        false => MetricsLog::open(&log_path, false)?,
-    };
-    let sgd = Sgd {
-        momentum: args.momentum,
-        weight_decay: args.weight_decay,
-        decay_biases: args.decay_biases,
-    };
-    let epochs = args.epochs();
-    let augment = Augment {
-        crop: args.input_size(),
-        random_crop: !(args.no_augment || args.no_random_crop),
-        flip: !(args.no_augment || args.no_flip),
-        pca_std: if args.no_augment || args.no_pca {
-            0.0
-        } else {
-            0.1
-        },
-        subtract_mean: true,
-    };
+/// The lines at the start of a run: what trains on what, and where it saves.
+fn announce<E: Engine>(
+    engines: &[E],
+    args: &TrainArgs,
+    data: &TrainData,
+    arch: &ArchConfig,
+    state: &TrainState,
+    (run_dir, log_path): (&std::path::Path, &std::path::Path),
+) {
     println!(
         "training on {} with {}: {} train / {} val images, {} classes, batch {}, lr {}",
         data.source,
-        engines_description(engines, split, &arch),
+        engines_description(engines, args.split_executors().is_some(), arch),
         data.train.len(),
         data.val.len(),
-        classes,
+        data.class_names.len(),
         args.batch_size(),
         fmt_lr(state.lr)
     );
     println!(
-        "run directory: {} (checkpoints, {})",
+        "run directory: {} (checkpoints; metrics in {})",
         run_dir.display(),
         log_path.display()
     );
@@ -560,224 +611,153 @@ pub fn train<E: Engine>(
             demo.join(", ")
         );
     }
+}
 
-    // ---- the loop ----
-    let mut summary = TrainSummary {
-        steps: state.step,
-        epochs_completed: state.epoch,
-        losses: Vec::new(),
-        last_val_top1: None,
-        last_val_top5: None,
-        interrupted: false,
-        last_checkpoint: None,
-        run_dir: run_dir.clone(),
-    };
-    let flat = FlatLossDetector::new(classes);
-    let mut flat_warned = false;
-    let step_budget_left = |state: &TrainState| args.steps.is_none_or(|s| state.step < s);
-    while state.epoch < epochs && step_budget_left(&state) {
-        let mut loader = Loader::new(
-            data.train.clone(),
-            data.stats.clone(),
-            LoaderConfig {
-                batch: args.batch_size(),
-                workers: args.workers,
-                prefetch: LOADER_PREFETCH,
-                seed: state.data_seed,
-                augment: augment.clone(),
-                shuffle: true,
-                drop_last: true,
-            },
-            state.epoch,
-            state.batch_in_epoch as usize,
-        )?;
-        let per_epoch = loader.batches_per_epoch();
-        if per_epoch == 0 {
-            return Err(Error::Config(format!(
-                "the training set has {} images, fewer than one batch of {}",
-                data.train.len(),
-                args.batch_size()
-            )));
-        }
-        // With --steps the epochs are as many as the steps take.
-        let epochs_shown = match args.steps {
-            Some(steps) => steps.div_ceil(per_epoch as u64),
-            None => epochs,
-        };
-        let bar = progress_bar(args.quiet, per_epoch as u64, state.epoch + 1, epochs_shown);
-        bar.set_position(state.batch_in_epoch);
-        let (mut epoch_loss, mut epoch_top1, mut epoch_top5, mut epoch_n) =
-            (0.0, 0usize, 0usize, 0);
-        let epoch_start = Instant::now();
-        // Each step's forward runs on a batch uploaded during the step before: the next batch is
-        // fetched and uploaded while the engine works through the forward, not after the step.
-        let mut pending = loader.next();
-        let mut first_wait = Duration::ZERO;
-        if let Some(Ok((first, waited))) = &pending {
-            model.prefetch_input(engines, &first.images)?;
-            first_wait = *waited;
-        }
-        while let Some(next) = pending.take() {
-            // A batch the loader could not make is reported here, once the step before it is
-            // done (and checkpointed, when one was due).
-            let (batch, _) = next?;
-            let t0 = Instant::now();
-            // An epoch's first batch was waited for before the step began; the others are waited
-            // for inside the step before theirs.
-            let own_wait = std::mem::take(&mut first_wait);
-            let step_seed = hash(state.dropout_seed_base, state.step);
-            model.forward_prefetched(engines, Some(step_seed))?;
+/// Whether the step budget (--steps) leaves another step.
+fn budget_left(state: &TrainState, args: &TrainArgs) -> bool {
+    args.steps.is_none_or(|s| state.step < s)
+}
+
+/// The augmentation the flags ask for (Section 4.1).
+fn augment(args: &TrainArgs) -> Augment {
+    Augment {
+        crop: args.input_size(),
+        random_crop: !(args.no_augment || args.no_random_crop),
+        flip: !(args.no_augment || args.no_flip),
+        pca_std: if args.no_augment || args.no_pca {
+            0.0
+        } else {
+            0.1
+        },
+        subtract_mean: true,
+    }
+}
+
+/// The steps of the epoch in progress, from where it stands, until it ends, the budget is
+/// spent or `stop` is raised (then the state is saved). Returns whether the epoch is complete.
+#[allow(clippy::too_many_arguments)]
+fn train_epoch<E: Engine>(
+    trainer: &mut Trainer<E>,
+    report: &mut Reporter,
+    data: &TrainData,
+    args: &TrainArgs,
+    stop: &AtomicBool,
+    ckpt_dir: &CheckpointDir,
+    summary: &mut TrainSummary,
+) -> Result<bool> {
+    let state = &trainer.state;
+    let mut loader = Loader::new(
+        data.train.clone(),
+        data.stats.clone(),
+        LoaderConfig {
+            batch: args.batch_size(),
+            workers: args.workers,
+            prefetch: LOADER_PREFETCH,
+            seed: state.data_seed,
+            augment: augment(args),
+            shuffle: true,
+            drop_last: true,
+        },
+        state.epoch,
+        state.batch_in_epoch as usize,
+    )?;
+    let per_epoch = loader.batches_per_epoch() as u64;
+    if per_epoch == 0 {
+        return Err(Error::Config(format!(
+            "the training set has {} images, fewer than one batch of {}",
+            data.train.len(),
+            args.batch_size()
+        )));
+    }
+    // With --steps the epochs are as many as the steps take.
+    let of = args.steps.map_or(args.epochs(), |s| s.div_ceil(per_epoch));
+    report.start_epoch(state, per_epoch, state.batch_in_epoch, of);
+    // An epoch's first batch is waited for before its step; the others inside the step before.
+    let mut pending = loader.next();
+    let mut wait = Duration::ZERO;
+    if let Some(Ok((first, waited))) = &pending {
+        trainer.start(&first.images)?;
+        wait = *waited;
+    }
+    while let Some(next) = pending.take() {
+        // A batch the loader could not make is reported here, once the step before it is done
+        // (and saved, when a save was due).
+        let (batch, _) = next?;
+        let t0 = Instant::now();
+        let own_wait = std::mem::take(&mut wait);
+        let result = trainer.step(&batch.labels, || {
             pending = loader.next();
-            let mut waited = own_wait;
-            if let Some(Ok((next, next_wait))) = &pending {
-                model.prefetch_input(engines, &next.images)?;
-                waited += *next_wait;
+            match &pending {
+                Some(Ok((next, next_wait))) => {
+                    wait = *next_wait;
+                    Some(next.images.as_slice())
+                }
+                _ => None,
             }
-            let loss = model.backward(engines, &batch.labels, Some(step_seed))?;
-            if !loss.is_finite() {
-                let culprit = model
-                    .find_non_finite(engines)?
-                    .unwrap_or_else(|| "the loss itself (logits overflowed)".into());
-                let last = summary
-                    .last_checkpoint
-                    .as_ref()
-                    .map(|p| format!("; the last good checkpoint is {}", p.display()))
-                    .unwrap_or_else(|| "; no checkpoint was written yet".into());
-                return Err(Error::NonFinite(format!(
-                    "loss became {loss} at step {} (epoch {}): first non-finite value in {culprit}{last}. \
-                     Try a lower --lr (now {}) or --init caffe",
-                    state.step,
-                    state.epoch + 1,
-                    fmt_lr(state.lr)
-                )));
-            }
-            model.sgd_step(engines, state.lr, &sgd)?;
-            let probs = model.train_probabilities(engines)?;
-            let top1 = topk_errors(&probs, classes, &batch.labels, 1);
-            let top5 = topk_errors(&probs, classes, &batch.labels, 5.min(classes));
-            let seconds = (t0.elapsed() + own_wait).as_secs_f64();
-            let images_per_s = batch.n as f64 / seconds.max(1e-9);
-            state.step += 1;
-            state.batch_in_epoch += 1;
-            epoch_loss += loss as f64 * batch.n as f64;
-            epoch_top1 += top1;
-            epoch_top5 += top5;
-            epoch_n += batch.n;
-            summary.losses.push(loss);
-            summary.steps = state.step;
-            log.step(&StepRecord {
-                epoch: state.epoch + 1,
-                step: state.step,
-                lr: state.lr,
-                loss,
-                top1_err: top1 as f32 / batch.n as f32,
-                top5_err: top5 as f32 / batch.n as f32,
-                images_per_s: images_per_s as f32,
-                data_wait_s: waited.as_secs_f32(),
-            })?;
-            bar.set_message(format!(
-                "loss {loss:.4}  top-1 err {:.1}%  top-5 err {:.1}%  {images_per_s:.1} img/s  data-wait {:.0} ms",
-                100.0 * top1 as f32 / batch.n as f32,
-                100.0 * top5 as f32 / batch.n as f32,
-                waited.as_secs_f64() * 1e3
-            ));
-            bar.inc(1);
-            if !flat_warned && flat.is_flat(&summary.losses) {
-                flat_warned = true;
-                bar.suspend(|| eprintln!("{}", flat.hint(args.init() == InitArg::Paper)));
-            }
-            let interrupted = stop.load(Ordering::SeqCst);
-            let budget_spent = !step_budget_left(&state);
-            let periodic = args
-                .checkpoint_every
-                .is_some_and(|k| state.step.is_multiple_of(k));
-            if interrupted || budget_spent || periodic {
-                let ck = make_checkpoint(engines, &model, &data, &state)?;
-                summary.last_checkpoint = Some(ckpt_dir.save(&ck, state.step, false)?);
-            }
-            if interrupted {
-                bar.abandon_with_message(match &summary.last_checkpoint {
-                    Some(p) => format!("interrupted: saved {}", p.display()),
-                    None => "interrupted".into(),
-                });
-                summary.interrupted = true;
-                return Ok(summary);
-            }
-            if budget_spent {
-                break;
-            }
+        })?;
+        let took = t0.elapsed() + own_wait;
+        // The wait for the next batch happened during this step; it is shown with this one.
+        report.step(&trainer.state, &result, took, own_wait + wait)?;
+        summary.losses.push(result.loss);
+        summary.steps = trainer.state.step;
+        let interrupted = stop.load(Ordering::SeqCst);
+        let budget_spent = !budget_left(&trainer.state, args);
+        let periodic = args
+            .checkpoint_every
+            .is_some_and(|k| trainer.state.step.is_multiple_of(k));
+        if interrupted || budget_spent || periodic {
+            let saved = ckpt_dir.save(&trainer.checkpoint(data)?, trainer.state.step, false)?;
+            trainer.last_saved = Some(saved.clone());
+            summary.last_checkpoint = Some(saved);
         }
-        let finished_epoch = state.batch_in_epoch as usize >= per_epoch;
-        bar.finish();
-        if !finished_epoch {
+        if interrupted {
+            report.interrupted(summary.last_checkpoint.as_deref());
+            summary.interrupted = true;
+            return Ok(false);
+        }
+        if budget_spent {
             break;
         }
-
-        // ---- end of epoch: validation, schedule, checkpoint ----
-        let val = evaluate(
-            engines,
-            &mut model,
-            data.val.as_ref(),
-            &data.stats,
-            &EvalOptions {
-                batch: args.batch_size(),
-                ten_crop: false,
-                workers: args.workers,
-            },
-        )?;
-        model.set_batch(engines, args.batch_size())?;
-        state.epoch += 1;
-        state.batch_in_epoch = 0;
-        summary.epochs_completed = state.epoch;
-        summary.last_val_top1 = Some(val.top1);
-        summary.last_val_top5 = Some(val.top5);
-        let improved = state.best_val_top1.is_none_or(|b| val.top1 < b);
-        if improved {
-            state.best_val_top1 = Some(val.top1);
-            state.epochs_since_best = 0;
-        } else {
-            state.epochs_since_best += 1;
-        }
-        let lr_before = state.lr;
-        update_lr(&mut state, args);
-        let n = epoch_n.max(1) as f64;
-        let record = EpochRecord {
-            epoch: state.epoch,
-            step: state.step,
-            lr: lr_before,
-            train_loss: (epoch_loss / n) as f32,
-            train_top1: (epoch_top1 as f64 / n) as f32,
-            train_top5: (epoch_top5 as f64 / n) as f32,
-            val_top1: val.top1,
-            val_top5: val.top5,
-            val_top1_10crop: None,
-            val_top5_10crop: None,
-            seconds: epoch_start.elapsed().as_secs_f64(),
-        };
-        println!(
-            "epoch {}/{}: train loss {:.4}, train top-1 err {:.2}%, val top-1 err {:.2}% top-5 err {:.2}% (chance {:.1}%){}",
-            state.epoch,
-            epochs_shown,
-            record.train_loss,
-            100.0 * record.train_top1,
-            100.0 * val.top1,
-            100.0 * val.top5,
-            100.0 * (1.0 - 1.0 / classes as f32),
-            if state.lr < lr_before {
-                format!("; learning rate {} -> {}", fmt_lr(lr_before), fmt_lr(state.lr))
-            } else {
-                String::new()
-            }
-        );
-        log.epoch(&record)?;
-        let ck = make_checkpoint(engines, &model, &data, &state)?;
-        summary.last_checkpoint = Some(ckpt_dir.save(&ck, state.step, improved)?);
-        if stop.load(Ordering::SeqCst) {
-            summary.interrupted = true;
-            return Ok(summary);
-        }
     }
-    Ok(summary)
+    report.finish_steps();
+    Ok(trainer.state.batch_in_epoch >= per_epoch)
+}
+
+/// An epoch's end: validation, the learning-rate schedule, the epoch line and record. Returns
+/// whether the validation error is the best so far.
+fn end_epoch<E: Engine>(
+    trainer: &mut Trainer<E>,
+    report: &mut Reporter,
+    data: &TrainData,
+    args: &TrainArgs,
+    summary: &mut TrainSummary,
+) -> Result<bool> {
+    let engines = trainer.engines();
+    let val = evaluate(
+        engines,
+        &mut trainer.model,
+        data.val.as_ref(),
+        &data.stats,
+        &EvalOptions {
+            batch: args.batch_size(),
+            ten_crop: false,
+            workers: args.workers,
+        },
+    )?;
+    trainer.model.set_batch(engines, args.batch_size())?;
+    let schedule = Schedule {
+        base_lr: args.lr,
+        step_epochs: args.lr_step_epochs,
+        patience: args.patience,
+        max_drops: args.max_lr_drops,
+    };
+    let (improved, lr_before) = trainer.end_epoch(val.top1, &schedule);
+    let state = &trainer.state;
+    summary.epochs_completed = state.epoch;
+    summary.last_val_top1 = Some(val.top1);
+    summary.last_val_top5 = Some(val.top5);
+    report.end_epoch(state, lr_before, &val)?;
+    Ok(improved)
 }
 
 /// Every setting's range, for settings that may not have come through the flag parser (read back
@@ -884,24 +864,6 @@ pub fn fmt_lr(lr: f32) -> String {
     format!("{}", format!("{lr:.3e}").parse::<f32>().unwrap_or(lr))
 }
 
-/// The paper's heuristic ("divide the learning rate by 10 when the validation error rate stopped
-/// improving", at most three times) or a fixed step schedule.
-fn update_lr(state: &mut TrainState, args: &TrainArgs) {
-    match args.lr_step_epochs {
-        Some(every) => {
-            let drops = (state.epoch / every.max(1)) as i32;
-            state.lr = args.lr * 0.1f32.powi(drops);
-        }
-        None => {
-            if state.epochs_since_best >= args.patience && state.lr_drops < args.max_lr_drops {
-                state.lr /= 10.0;
-                state.lr_drops += 1;
-                state.epochs_since_best = 0;
-            }
-        }
-    }
-}
-
 /// Copies a checkpoint's tensors into the model. `exact`: every tensor must match (resume,
 /// momentum too). Otherwise (fine-tuning) tensors whose shape differs, such as fc8 for another
 /// class count, keep their fresh initialisation. Returns how many tensors were loaded.
@@ -935,34 +897,6 @@ pub fn load_weights<E: Engine>(
     Ok(loaded)
 }
 
-/// A self-contained checkpoint of the run as it stands.
-fn make_checkpoint<E: Engine>(
-    engines: &[E],
-    model: &Network<E>,
-    data: &TrainData,
-    state: &TrainState,
-) -> Result<Checkpoint> {
-    let named = |v: crate::model::HostTensors| {
-        v.into_iter()
-            .map(|(name, shape, data)| NamedTensor { name, shape, data })
-            .collect::<Vec<_>>()
-    };
-    let mut extra = std::collections::BTreeMap::new();
-    extra.insert("data".to_string(), data.source.clone());
-    Ok(Checkpoint {
-        arch: model.cfg().clone(),
-        class_names: data.class_names.clone(),
-        mean: Some(data.stats.mean.clone()),
-        mean_side: data.stats.side,
-        eigval: Some(data.stats.eigval),
-        eigvec: Some(data.stats.eigvec),
-        params: named(model.read_params(engines)?),
-        momentum: named(model.read_momentum(engines)?),
-        train_state: Some(state.clone()),
-        extra_metadata: extra,
-    })
-}
-
 /// "cpu (2 threads)", or for a split run where each column runs.
 pub fn engines_description<E: Engine>(engines: &[E], split: bool, arch: &ArchConfig) -> String {
     if !split {
@@ -980,74 +914,9 @@ pub fn engines_description<E: Engine>(engines: &[E], split: bool, arch: &ArchCon
     }
 }
 
-fn progress_bar(quiet: bool, len: u64, epoch: u64, epochs: u64) -> ProgressBar {
-    if quiet {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::new(len);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{prefix} [{bar:30}] {pos}/{len} {elapsed_precise} eta {eta} {msg}",
-        )
-        .expect("static template")
-        .progress_chars("=> "),
-    );
-    bar.set_prefix(format!("epoch {epoch}/{epochs}"));
-    bar.enable_steady_tick(Duration::from_millis(500));
-    bar
-}
-
-/// Spots the known failure of the paper's initialisation: the loss sitting at ln(classes).
-struct FlatLossDetector {
-    chance_loss: f32,
-}
-
-impl FlatLossDetector {
-    /// Steps after which a loss still at chance level counts as flat.
-    const WINDOW: usize = 200;
-
-    fn new(classes: usize) -> Self {
-        FlatLossDetector {
-            chance_loss: (classes as f32).ln(),
-        }
-    }
-
-    /// True once the last WINDOW losses all lie within 2% of ln(classes).
-    fn is_flat(&self, losses: &[f32]) -> bool {
-        losses.len() >= Self::WINDOW
-            && losses[losses.len() - Self::WINDOW..]
-                .iter()
-                .all(|l| (l - self.chance_loss).abs() < 0.02 * self.chance_loss)
-    }
-
-    fn hint(&self, paper_init: bool) -> String {
-        format!(
-            "warning: the loss has stayed at ln(classes) = {:.3} for {} steps: the net is not learning. {}",
-            self.chance_loss,
-            Self::WINDOW,
-            if paper_init {
-                "The paper's initialisation (std 0.01, biases 1) is known to stall like this; try --init caffe, or a lower --lr."
-            } else {
-                "Try a lower --lr, or check the labels of the data."
-            }
-        )
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn flat_loss_is_detected_only_when_flat() {
-        let d = FlatLossDetector::new(1000);
-        let flat = vec![(1000f32).ln(); 250];
-        assert!(d.is_flat(&flat));
-        let mut learning = flat.clone();
-        learning[240] = 5.0;
-        assert!(!d.is_flat(&learning));
-        assert!(!d.is_flat(&flat[..100]));
-    }
 
     #[test]
     fn builtin_side_keeps_the_papers_ratio() {

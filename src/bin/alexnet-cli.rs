@@ -10,7 +10,7 @@ use std::time::Instant;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 use alexnet::arch::{summary_table, ArchConfig};
-use alexnet::checkpoint::Checkpoint;
+use alexnet::checkpoint::{Checkpoint, TrainState};
 use alexnet::data::Stats;
 use alexnet::engine::cpu::CpuEngine;
 use alexnet::engine::Engine;
@@ -19,6 +19,7 @@ use alexnet::model::{Init, Model, Sgd};
 use alexnet::parallel::Network;
 use alexnet::settings::{self, MAX_BATCH, MAX_CLASSES, MAX_INPUT, MAX_THREADS};
 use alexnet::train::{load_weights, train, TrainArgs};
+use alexnet::trainer::{Alone, Trainer};
 use alexnet::{Error, Result};
 
 #[derive(Parser)]
@@ -575,26 +576,25 @@ fn bench<E: Engine>(
         ..ArchConfig::default()
     };
     let flops_per_image: u64 = 3 * 2 * cfg.plan()?.iter().map(|p| p.macs).sum::<u64>();
-    let mut model = Network::new(engines, split, cfg.clone(), Init::Caffe, 1, batch)?;
+    let model = Network::new(engines, split, cfg.clone(), Init::Caffe, 1, batch)?;
     let mut rng = alexnet::rng::Rng::new(5);
     let images: Vec<f32> = (0..batch * 3 * input_size * input_size)
         .map(|_| rng.normal() as f32 * 50.0)
         .collect();
     let labels: Vec<u32> = (0..batch).map(|_| rng.below(classes) as u32).collect();
-    let sgd = Sgd::default();
     println!(
         "engine: {}",
         alexnet::train::engines_description(engines, split, &cfg)
     );
+    // The training step exactly as `train` takes it, the next batch (the same one here)
+    // uploaded during each forward.
+    let state = TrainState::fresh(1, 0.001);
+    let mut trainer = Trainer::new(engines, model, state, Sgd::default(), Box::new(Alone));
+    trainer.start(&images)?;
     let mut times = Vec::new();
-    model.prefetch_input(engines, &images)?;
     for step in 0..=steps {
         let t0 = Instant::now();
-        model.forward_prefetched(engines, Some(step as u64))?;
-        // As `train` does: the next step's batch is uploaded while this forward runs.
-        model.prefetch_input(engines, &images)?;
-        let loss = model.backward(engines, &labels, Some(step as u64))?;
-        model.sgd_step(engines, 0.001, &sgd)?;
+        let r = trainer.step(&labels, || Some(images.as_slice()))?;
         for e in engines {
             e.synchronize()?;
         }
@@ -603,15 +603,16 @@ fn bench<E: Engine>(
             times.push(dt);
         }
         println!(
-            "step {step}{}: {:.3} s, loss {loss:.4}",
+            "step {step}{}: {:.3} s, loss {:.4}",
             if step == 0 { " (warm-up)" } else { "" },
-            dt
+            dt,
+            r.loss
         );
     }
     times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];
     let flops = flops_per_image as f64 * batch as f64;
-    match &mut model {
+    match &mut trainer.model {
         Network::Whole(m) => profile_layers(&engines[0], m, &images, &labels)?,
         Network::Columns(c) => {
             let t = c.traffic();
