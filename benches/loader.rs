@@ -3,7 +3,7 @@
 
 use alexnet::data::{
     compute_stats, decode_resize, extract_view, pca_shift, sample_jpeg, Augment, Dataset, InMemory,
-    Loader, LoaderConfig, Synthetic, View,
+    Loader, LoaderConfig, Share, Synthetic, View,
 };
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use std::sync::Arc;
@@ -64,6 +64,7 @@ fn augment(c: &mut Criterion) {
                 augment: Augment::train(crop),
                 shuffle: true,
                 drop_last: false,
+                share: Share::WHOLE,
             };
             let mut l = Loader::new(ds.clone(), stats.clone(), cfg, 0, 0).expect("loader");
             while let Some(batch) = l.next() {

@@ -90,6 +90,9 @@ pub struct Model<E: Engine> {
     next_input_ready: bool,
     /// Per-row (forward, backward) seconds of the last pass, when profiling is on.
     profile: Option<Vec<(f64, f64)>>,
+    /// Where this model's batch starts in the global batch (data parallelism), so its dropout
+    /// masks are those images' masks.
+    first_image: usize,
 }
 
 impl<E: Engine> Model<E> {
@@ -194,6 +197,7 @@ impl<E: Engine> Model<E> {
             next_input: None,
             next_input_ready: false,
             profile: None,
+            first_image: 0,
         };
         model.set_batch(e, batch)?;
         model.initialise(e, init, seed)?;
@@ -202,6 +206,12 @@ impl<E: Engine> Model<E> {
 
     pub fn batch(&self) -> usize {
         self.batch
+    }
+
+    /// Makes this model's batch images `first..` of a global batch (a data-parallel replica's
+    /// share): their dropout masks are drawn, not those of images `0..`.
+    pub fn set_first_image(&mut self, first: usize) {
+        self.first_image = first;
     }
 
     pub fn classes(&self) -> usize {
@@ -320,6 +330,7 @@ impl<E: Engine> Model<E> {
             width: r.out.len(),
             total: r.out_total,
             offset: r.out.start,
+            first_image: self.first_image,
         }
     }
 

@@ -18,7 +18,7 @@ use std::thread;
 use crate::arch::ArchConfig;
 use crate::engine::{Blocks, Engine};
 use crate::error::{Error, Result};
-use crate::model::{check_labels, two, HostTensors, Init, Model, Sgd};
+use crate::model::{check_labels, two, HostTensors, Init, Model, Param, Sgd};
 
 /// Bytes moved by the last training step (forward, loss and backward).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -486,6 +486,23 @@ impl<E: Engine> ColumnModel<E> {
         self.read_whole(engines, |m, e| m.read_params(e))
     }
 
+    /// Every column's parameters, each with the executor that holds it.
+    pub fn params_mut<'a>(&'a mut self, engines: &'a [E]) -> Vec<(&'a E, &'a mut Param<E::Buf>)> {
+        let executor = &self.executor;
+        self.columns
+            .iter_mut()
+            .enumerate()
+            .flat_map(|(c, m)| m.params.iter_mut().map(move |p| (&engines[executor[c]], p)))
+            .collect()
+    }
+
+    /// See [`Model::set_first_image`].
+    pub fn set_first_image(&mut self, first: usize) {
+        self.columns
+            .iter_mut()
+            .for_each(|m| m.set_first_image(first));
+    }
+
     pub fn read_grads(&self, engines: &[E]) -> Result<HostTensors> {
         self.read_whole(engines, |m, e| m.read_grads(e))
     }
@@ -667,6 +684,23 @@ impl<E: Engine> Network<E> {
     pub fn read_params(&self, engines: &[E]) -> Result<HostTensors> {
         dispatch!(self, engines, |m, e| m.read_params(e), |c, es| c
             .read_params(es))
+    }
+
+    /// Every parameter buffer (value, gradient, momentum), each with the executor that holds it:
+    /// one per tensor on one executor, one per tensor and column when split.
+    pub fn params_mut<'a>(&'a mut self, engines: &'a [E]) -> Vec<(&'a E, &'a mut Param<E::Buf>)> {
+        match self {
+            Network::Whole(m) => m.params.iter_mut().map(|p| (&engines[0], p)).collect(),
+            Network::Columns(c) => c.params_mut(engines),
+        }
+    }
+
+    /// Makes the batch images `first..` of a global batch: see [`Model::set_first_image`].
+    pub fn set_first_image(&mut self, first: usize) {
+        match self {
+            Network::Whole(m) => m.set_first_image(first),
+            Network::Columns(c) => c.set_first_image(first),
+        }
     }
 
     pub fn read_grads(&self, engines: &[E]) -> Result<HostTensors> {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::arch::{ArchConfig, Preset};
 use crate::checkpoint::{Checkpoint, CheckpointDir, TrainState};
-use crate::data::{Augment, Dataset, Loader, LoaderConfig, Stats};
+use crate::data::{Augment, Dataset, Loader, LoaderConfig, Share, Stats};
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::eval::{evaluate, EvalOptions};
@@ -657,6 +657,7 @@ fn train_epoch<E: Engine>(
             augment: augment(args),
             shuffle: true,
             drop_last: true,
+            share: Share::WHOLE,
         },
         state.epoch,
         state.batch_in_epoch as usize,

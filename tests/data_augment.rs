@@ -2,7 +2,7 @@
 
 use alexnet::data::{
     centre_crop, compute_stats, extract_view, pca_shift, ten_crop_views, ten_crops, Augment,
-    Dataset, InMemory, Loader, LoaderConfig, Stats, StatsAccumulator, View,
+    Dataset, InMemory, Loader, LoaderConfig, Share, Stats, StatsAccumulator, View,
 };
 use alexnet::rng::Rng;
 use std::collections::HashSet;
@@ -154,6 +154,7 @@ fn pca_lighting_has_the_stated_statistics() {
         },
         shuffle: false,
         drop_last: false,
+        share: Share::WHOLE,
     };
     let mut loader = Loader::new(Arc::new(ds), Arc::new(stats.clone()), cfg, 0, 0).unwrap();
     let mut coeffs: Vec<[f64; 3]> = Vec::new();
@@ -300,6 +301,18 @@ fn collect(
     start: usize,
     aug: Augment,
 ) -> Vec<alexnet::data::Batch> {
+    collect_share(ds, stats, workers, epoch, start, aug, Share::WHOLE)
+}
+
+fn collect_share(
+    ds: &Arc<InMemory>,
+    stats: &Arc<Stats>,
+    workers: usize,
+    epoch: u64,
+    start: usize,
+    aug: Augment,
+    share: Share,
+) -> Vec<alexnet::data::Batch> {
     let cfg = LoaderConfig {
         batch: 7,
         workers,
@@ -308,6 +321,7 @@ fn collect(
         augment: aug,
         shuffle: true,
         drop_last: false,
+        share,
     };
     let mut l = Loader::new(ds.clone(), stats.clone(), cfg, epoch, start).unwrap();
     let mut out = Vec::new();
@@ -374,6 +388,7 @@ fn loader_rejects_bad_configurations() {
         augment: Augment::train(8),
         shuffle: true,
         drop_last: true,
+        share: Share::WHOLE,
     };
     let stats = Arc::new(zero_stats(10));
     let l = Loader::new(ds.clone(), stats.clone(), good.clone(), 0, 0).unwrap();
@@ -415,4 +430,40 @@ fn bench_loader_reports_positive_rates() {
         "{b:?}"
     );
     assert!((b.cores_for_10k - 10_000.0 / b.augment_per_core).abs() < 1e-9);
+}
+
+/// Data parallelism: three replicas' loaders, each building its share of every batch, together
+/// give exactly the whole loader's batches (images, augmentation, labels), the last partial
+/// batch included; a share that does not exist is an error.
+#[test]
+fn loader_shares_make_up_the_whole_batches() {
+    let (n, side) = (45, 10);
+    let ds = Arc::new(small_set(n, side));
+    let stats = Arc::new(compute_stats(ds.as_ref(), None).unwrap());
+    let aug = Augment {
+        pca_std: 0.1,
+        ..Augment::train(8)
+    };
+    let whole = collect(&ds, &stats, 2, 1, 0, aug.clone());
+    let shares: Vec<Vec<alexnet::data::Batch>> = (0..3)
+        .map(|index| collect_share(&ds, &stats, 1, 1, 0, aug.clone(), Share { index, of: 3 }))
+        .collect();
+    for (b, batch) in whole.iter().enumerate() {
+        let images: Vec<f32> = shares.iter().flat_map(|s| s[b].images.clone()).collect();
+        let labels: Vec<u32> = shares.iter().flat_map(|s| s[b].labels.clone()).collect();
+        assert_eq!(images, batch.images, "batch {b}");
+        assert_eq!(labels, batch.labels, "batch {b}");
+        assert!(shares[0][b].n < batch.n, "batch {b} was not split");
+    }
+    let cfg = LoaderConfig {
+        batch: 7,
+        workers: 0,
+        prefetch: 1,
+        seed: 42,
+        augment: aug,
+        shuffle: true,
+        drop_last: false,
+        share: Share { index: 3, of: 3 },
+    };
+    assert!(Loader::new(ds.clone(), stats, cfg, 0, 0).is_err());
 }

@@ -1,6 +1,6 @@
 //! Loader speed: decode+resize (preparation) and augmentation (training), per core.
 
-use super::{decode_resize, Augment, Dataset, InMemory, Loader, LoaderConfig, Synthetic};
+use super::{decode_resize, Augment, Dataset, InMemory, Loader, LoaderConfig, Share, Synthetic};
 use crate::{Error, Result};
 use std::sync::Arc;
 use std::time::Instant;
@@ -68,6 +68,7 @@ pub fn bench_loader(side: usize, crop: usize, workers: usize, seconds: f64) -> R
                 augment: Augment::train(crop),
                 shuffle: true,
                 drop_last: false,
+                share: Share::WHOLE,
             };
             let mut loader = Loader::new(ds.clone(), stats.clone(), cfg, epoch, 0)?;
             while let Some(b) = loader.next() {

@@ -34,8 +34,10 @@ struct Plan {
 impl Plan {
     fn build(&self, b: usize, buf: &mut [u8]) -> Result<Batch> {
         let (side, crop) = (self.dataset.side(), self.cfg.augment.crop);
-        let lo = b * self.cfg.batch;
-        let hi = (lo + self.cfg.batch).min(self.order.len());
+        let start = b * self.cfg.batch;
+        let whole = (start + self.cfg.batch).min(self.order.len()) - start;
+        let own = self.cfg.share.range(whole);
+        let (lo, hi) = (start + own.start, start + own.end);
         let n = hi - lo;
         let per = 3 * crop * crop;
         let mut images = vec![0f32; n * per];
@@ -140,6 +142,12 @@ impl Loader {
         start_batch: usize,
     ) -> Result<Loader> {
         let (side, crop) = (dataset.side(), cfg.augment.crop);
+        if cfg.share.of == 0 || cfg.share.index >= cfg.share.of {
+            return Err(Error::Config(format!(
+                "loader: share {} of {} does not exist",
+                cfg.share.index, cfg.share.of
+            )));
+        }
         if cfg.batch == 0 || cfg.prefetch == 0 {
             return Err(Error::Config(format!(
                 "loader: batch ({}) and prefetch ({}) must be at least 1",

@@ -124,6 +124,28 @@ pub struct LoaderConfig {
     pub shuffle: bool,
     /// Drop the last partial batch of the epoch.
     pub drop_last: bool,
+    /// Which share of each batch this loader builds (data parallelism: every replica's loader
+    /// cuts the same global batches, each builds its own images).
+    pub share: Share,
+}
+
+/// Share `index` of `of` equal, consecutive parts of every batch: of a batch of `n` images,
+/// images `n * index / of .. n * (index + 1) / of`. Augmentation and order are those of the
+/// whole batch's images, so the shares together are exactly the whole batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Share {
+    pub index: usize,
+    pub of: usize,
+}
+
+impl Share {
+    /// The whole batch.
+    pub const WHOLE: Share = Share { index: 0, of: 1 };
+
+    /// This share's images of a batch of `n`.
+    pub fn range(&self, n: usize) -> std::ops::Range<usize> {
+        n * self.index / self.of..n * (self.index + 1) / self.of
+    }
 }
 
 /// A dataset held in memory (tests, benchmarks, small experiments).

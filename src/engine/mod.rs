@@ -159,15 +159,17 @@ pub struct FcShape {
 }
 
 /// Which part of a layer's dropout mask a buffer holds. Element `i` of the buffer is unit
-/// `offset + i % width` of image `i / width`, and its mask index is `image * total + unit`: a
-/// column that holds units `offset..offset+width` of a `total`-unit layer draws exactly its
-/// slice of the one-device mask.
+/// `offset + i % width` of image `first_image + i / width`, and its mask index is
+/// `image * total + unit`: a column that holds units `offset..offset+width` of a `total`-unit
+/// layer draws exactly its slice of the one-device mask, and a data-parallel replica whose
+/// batch is images `first_image..` of the global batch draws exactly those images' masks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MaskSlice {
     pub seed: u64,
     pub width: usize,
     pub total: usize,
     pub offset: usize,
+    pub first_image: usize,
 }
 
 impl MaskSlice {
@@ -178,12 +180,19 @@ impl MaskSlice {
             width,
             total: width,
             offset: 0,
+            first_image: 0,
         }
     }
 
     /// The mask index of buffer element `i`.
     pub fn index(&self, i: usize) -> u64 {
-        ((i / self.width) * self.total + self.offset + i % self.width) as u64
+        ((self.first_image + i / self.width) * self.total + self.offset + i % self.width) as u64
+    }
+
+    /// The mask index of element `i` is `(i / width) * total + unit_base() + i % width`: the
+    /// offset of the first element, the form the GPU kernel takes.
+    pub fn unit_base(&self) -> usize {
+        self.first_image * self.total + self.offset
     }
 
     /// Checks that the slice is well formed and tiles a buffer of `len` floats.

@@ -569,7 +569,8 @@ pub fn dropout<E: Engine>(e: &E, tol: Tol) {
 }
 
 /// A column's slice of a layer's mask: 3 images x units 7..12 of a 16-unit layer must be kept
-/// or dropped exactly as those units are in the whole layer's mask (model parallelism).
+/// or dropped exactly as those units are in the whole layer's mask (model parallelism), and a
+/// replica's later images as those images are (data parallelism).
 pub fn dropout_slice<E: Engine>(e: &E) {
     let (images, total, offset, width, seed, p) = (3, 16, 7, 5, 1350u64, 0.5f32);
     let whole = MaskSlice::whole(seed, total);
@@ -578,6 +579,7 @@ pub fn dropout_slice<E: Engine>(e: &E) {
         width,
         total,
         offset,
+        first_image: 0,
     };
     let mut all = e.alloc(images * total).expect("alloc");
     e.fill(&mut all, 1.0).expect("fill");
@@ -591,6 +593,24 @@ pub fn dropout_slice<E: Engine>(e: &E) {
             part[n * width..(n + 1) * width],
             all[n * total + offset..n * total + offset + width],
             "image {n}"
+        );
+    }
+    // A data-parallel replica holding images 1..3 of the global batch (and the same units)
+    // draws those images' masks.
+    let replica = MaskSlice {
+        first_image: 1,
+        ..slice
+    };
+    let mut late = e.alloc((images - 1) * width).expect("alloc");
+    e.fill(&mut late, 1.0).expect("fill");
+    e.dropout_forward(&mut late, p, 1.0, &replica)
+        .expect("replica");
+    let late = download(e, &late);
+    for n in 1..images {
+        assert_eq!(
+            late[(n - 1) * width..n * width],
+            all[n * total + offset..n * total + offset + width],
+            "replica image {n}"
         );
     }
     // A slice that does not tile the buffer is a shape error, not a wrong mask.

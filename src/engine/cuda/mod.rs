@@ -833,7 +833,7 @@ impl Engine for CudaEngine {
                 m.seed,
                 m.width,
                 m.total,
-                m.offset,
+                m.unit_base(),
             )
         };
         status::check(&st)
