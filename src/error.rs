@@ -46,6 +46,10 @@ pub enum Error {
     #[error("{0}")]
     Config(String),
 
+    /// Data-parallel communication failed: the launch, MPI/NCCL, or ranks that disagree.
+    #[error("distributed: {0}")]
+    Dist(String),
+
     /// Training was interrupted by the user (Ctrl-C); what was done is saved.
     #[error("interrupted")]
     Interrupted,
