@@ -2,12 +2,39 @@
 //! with the system C compiler (through `cc`). With the `cuda` feature also: compiles `csrc/*.cu`
 //! with nvcc (through `cc`), generates the FFI bindings from `csrc/alexnet_cuda.h` with bindgen,
 //! and links cudart statically and cuBLAS dynamically (with an rpath to the toolkit's lib dir).
+//! With `mpi`: compiles `csrc/mpi_consts.c` against the MPI headers. With `nccl`: binds `nccl.h`
+//! and links libnccl.
 
 fn main() {
     // First: the CUDA step below sets NVCC in this process's environment.
     sgemm_avx2();
     #[cfg(feature = "cuda")]
     cuda::build();
+    #[cfg(feature = "mpi")]
+    mpi_consts();
+    #[cfg(feature = "nccl")]
+    cuda::nccl();
+}
+
+/// `csrc/mpi_consts.c` into `alexnet_mpi_consts`: MPI_IN_PLACE and MPI_MAX_ERROR_STRING, which
+/// rsmpi's bindings lack. The include paths come from the same probe (`mpicc -show`, pkg-config)
+/// the `mpi` crate uses, so both see one MPI.
+#[cfg(feature = "mpi")]
+fn mpi_consts() {
+    println!("cargo:rerun-if-changed=csrc/mpi_consts.c");
+    let lib = build_probe_mpi::probe().unwrap_or_else(|errs| {
+        let errs: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        panic!(
+            "feature `mpi`: no MPI found ({}); install one with `mpicc` (apt-get install \
+             libopenmpi-dev openmpi-bin)",
+            errs.join("; ")
+        )
+    });
+    cc::Build::new()
+        .file("csrc/mpi_consts.c")
+        .includes(&lib.include_paths)
+        .warnings(true)
+        .compile("alexnet_mpi_consts");
 }
 
 /// `csrc/sgemm_avx2.c` into the static library `alexnet_sgemm_avx2`, for x86_64 targets only (the
@@ -151,5 +178,56 @@ mod cuda {
         bindings
             .write_to_file(out.join("alexnet_cuda.rs"))
             .expect("write bindings");
+    }
+
+    /// NCCL: nccl.h and libnccl from NCCL_HOME, else from the toolkit (the installer links the
+    /// wheel's files into it). Binds the calls `dist::nccl` makes, plus cudaSetDevice (cudart is
+    /// already linked) so a communicator is created on its rank's device.
+    #[cfg(feature = "nccl")]
+    pub fn nccl() {
+        println!("cargo:rerun-if-env-changed=NCCL_HOME");
+        let cuda = toolkit_root();
+        let home = env::var_os("NCCL_HOME")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+            .unwrap_or_else(|| cuda.clone());
+        let header = home.join("include").join("nccl.h");
+        let lib = ["lib64", "lib"]
+            .iter()
+            .map(|sub| home.join(sub))
+            .find(|dir| dir.join("libnccl.so").exists() || dir.join("libnccl.so.2").exists())
+            .unwrap_or_else(|| {
+                panic!(
+                    "feature `nccl`: no libnccl.so under {} (lib64/, lib/); set NCCL_HOME, or \
+                     rerun scripts/install-cuda-toolkit.sh, which installs NCCL into the toolkit",
+                    home.display()
+                )
+            });
+        assert!(
+            header.is_file(),
+            "feature `nccl`: {} missing; set NCCL_HOME to an NCCL install",
+            header.display()
+        );
+        println!("cargo:rustc-link-search=native={}", lib.display());
+        println!("cargo:rustc-link-lib=dylib=nccl");
+        println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
+
+        let bindings = bindgen::Builder::default()
+            .header(header.to_string_lossy())
+            .clang_arg(format!("-I{}", cuda.join("include").display()))
+            .allowlist_function(
+                "nccl(GetUniqueId|CommInitRank|AllReduce|CommDestroy|CommAbort|GetErrorString)",
+            )
+            .allowlist_function("cudaSetDevice")
+            .allowlist_type("ncclUniqueId")
+            .allowlist_var("NCCL_UNIQUE_ID_BYTES")
+            .prepend_enum_name(false)
+            .layout_tests(false)
+            .generate()
+            .expect("bindgen on nccl.h (needs libclang: apt-get install libclang1-14)");
+        let out = PathBuf::from(env::var("OUT_DIR").expect("OUT_DIR set by cargo"));
+        bindings
+            .write_to_file(out.join("nccl.rs"))
+            .expect("write NCCL bindings");
     }
 }

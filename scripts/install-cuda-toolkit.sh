@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Installs the CUDA 13.0 build toolkit (nvcc, cudart, cuBLAS headers and libraries) from PyPI
-# wheels into DIR, plus libclang for bindgen, and prints the toolkit root to export as CUDA_PATH.
+# Installs the CUDA 13.0 build toolkit (nvcc, cudart, cuBLAS and NCCL headers and libraries) from
+# PyPI wheels into DIR, plus libclang for bindgen, and prints the toolkit root to export as CUDA_PATH.
 #
 #   scripts/install-cuda-toolkit.sh DIR        # e.g. "$HOME/.cache/alexnet-cuda"
 #   export CUDA_PATH="$(scripts/install-cuda-toolkit.sh DIR | tail -n1)"
@@ -26,6 +26,8 @@ WHEELS=(
     "nvidia-cuda-runtime==13.0.96"
     "nvidia-cuda-cccl==13.0.85"
     "nvidia-cublas==13.0.2.14"
+    # For the `nccl` feature; 2.27.7 is the release the CUDA 13.0 PyTorch wheels pin.
+    "nvidia-nccl-cu13==2.27.7"
 )
 STAMP="$DIR/.alexnet-toolkit-stamp"
 WANT="${WHEELS[*]}"
@@ -42,6 +44,12 @@ fi
 [[ -x "$ROOT/bin/nvcc" ]] || { echo "nvcc missing under $ROOT/bin" >&2; exit 1; }
 [[ -x "$ROOT/nvvm/bin/cicc" ]] || { echo "cicc missing under $ROOT/nvvm/bin" >&2; exit 1; }
 [[ -f "$ROOT/include/cublas_v2.h" ]] || { echo "cublas_v2.h missing under $ROOT/include" >&2; exit 1; }
+[[ -f "$DIR/nvidia/nccl/include/nccl.h" ]] || { echo "nccl.h missing under $DIR/nvidia/nccl/include" >&2; exit 1; }
+
+# The NCCL wheel installs beside the toolkit (nvidia/nccl/); links put it inside, so CUDA_PATH
+# alone lets build.rs find nccl.h and libnccl.
+[[ -e "$ROOT/include/nccl.h" ]] || ln -s ../../nccl/include/nccl.h "$ROOT/include/nccl.h"
+[[ -e "$ROOT/lib/libnccl.so.2" ]] || ln -s ../../nccl/lib/libnccl.so.2 "$ROOT/lib/libnccl.so.2"
 
 # The wheels ship only versioned sonames in lib/; the linker's -lcudart_static needs no link,
 # but -lcublas needs libcublas.so, and tools that expect lib64/ get one.

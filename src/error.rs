@@ -45,6 +45,10 @@ pub enum Error {
     /// The user asked for something invalid (flags, configuration).
     #[error("{0}")]
     Config(String),
+
+    /// Data-parallel communication failed: the launch, MPI/NCCL, or ranks that disagree.
+    #[error("distributed: {0}")]
+    Dist(String),
 }
 
 impl Error {

@@ -7,6 +7,7 @@
 pub mod arch;
 pub mod checkpoint;
 pub mod data;
+pub mod dist;
 pub mod engine;
 pub mod error;
 pub mod eval;
