@@ -7,6 +7,7 @@
 pub mod arch;
 pub mod checkpoint;
 pub mod data;
+pub mod data_parallel;
 pub mod dist;
 pub mod engine;
 pub mod error;

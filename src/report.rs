@@ -15,7 +15,8 @@ use crate::trainer::StepResult;
 
 /// Reports one run.
 pub struct Reporter {
-    log: MetricsLog,
+    /// None on data-parallel ranks other than 0, which report nothing.
+    log: Option<MetricsLog>,
     quiet: bool,
     classes: usize,
     /// For the flat-loss hint: the run uses the paper's initialisation.
@@ -40,11 +41,12 @@ struct EpochTotals {
 }
 
 impl Reporter {
-    /// `quiet` hides the bar (the epoch lines stay); records go to `log`.
-    pub fn new(log: MetricsLog, quiet: bool, classes: usize, paper_init: bool) -> Self {
+    /// `quiet` hides the bar (the epoch lines stay); records go to `log`. Without a log (a
+    /// data-parallel rank other than 0) nothing is shown or written.
+    pub fn new(log: Option<MetricsLog>, quiet: bool, classes: usize, paper_init: bool) -> Self {
         Reporter {
+            quiet: quiet || log.is_none(),
             log,
-            quiet,
             classes,
             paper_init,
             flat: FlatLossDetector::new(classes),
@@ -95,7 +97,10 @@ impl Reporter {
         self.epoch.top5 += r.top5_errors;
         self.epoch.images += r.images;
         self.losses.push(r.loss);
-        self.log.step(&StepRecord {
+        let Some(log) = self.log.as_mut() else {
+            return Ok(());
+        };
+        log.step(&StepRecord {
             epoch: state.epoch + 1,
             step: state.step,
             lr: state.lr,
@@ -142,6 +147,9 @@ impl Reporter {
         lr_before: f32,
         val: &EvalResult,
     ) -> Result<()> {
+        if self.log.is_none() {
+            return Ok(());
+        }
         let n = self.epoch.images.max(1) as f64;
         let record = EpochRecord {
             epoch: state.epoch,
@@ -171,7 +179,10 @@ impl Reporter {
                 String::new()
             }
         );
-        self.log.epoch(&record)
+        match self.log.as_mut() {
+            Some(log) => log.epoch(&record),
+            None => Ok(()),
+        }
     }
 }
 

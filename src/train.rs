@@ -9,15 +9,17 @@ use std::time::{Duration, Instant};
 use crate::arch::{ArchConfig, Preset};
 use crate::checkpoint::{Checkpoint, CheckpointDir, TrainState};
 use crate::data::{Augment, Dataset, Loader, LoaderConfig, Share, Stats};
+use crate::data_parallel::{self, EveryNth, Replicas};
+use crate::dist::Comm;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
-use crate::eval::{evaluate, EvalOptions};
+use crate::eval::{evaluate, EvalOptions, EvalResult};
 use crate::metrics::MetricsLog;
 use crate::model::{Init, Sgd};
 use crate::parallel::Network;
 use crate::report::Reporter;
 use crate::settings;
-use crate::trainer::{Alone, Schedule, Trainer};
+use crate::trainer::{Alone, GradientSync, Schedule, Trainer};
 
 /// `alexnet-cli train` options. Defaults are the paper's (Section 5) except where the built-in
 /// dataset needs otherwise (then the help says so).
@@ -391,42 +393,60 @@ pub fn train<E: Engine>(
     given: &TrainArgs,
     stop: &AtomicBool,
 ) -> Result<TrainSummary> {
+    train_in(engines, given, stop, &Comm::Single)
+}
+
+/// [`train`] as one rank of a data-parallel run over `comm`: the same run as one process at
+/// the same global `--batch-size` (see `data_parallel`). Rank 0 saves and reports.
+pub fn train_in<E: Engine>(
+    engines: &[E],
+    given: &TrainArgs,
+    stop: &AtomicBool,
+    comm: &Comm,
+) -> Result<TrainSummary> {
     let (args, resumed) = run_settings(given)?;
     let args = &args;
+    let replica = Replica::new(comm, args)?;
     let init_from = match &args.init_from {
         Some(path) => Some(Checkpoint::load(path)?),
         None => None,
     };
-    let data = open_data_that_fits(engines, args)?;
+    let data = open_data_that_fits(engines, args, replica.batch)?;
     let arch = checked_arch(args, &data)?;
-    let run_dir = crate::run::run_directory(args)?;
-    let ckpt_dir = CheckpointDir::new(&run_dir, args.keep)?;
-    let (model, state) = build_model(engines, args, arch, resumed.as_ref(), init_from.as_ref())?;
-    let log_path = args
-        .log
-        .clone()
-        .unwrap_or_else(|| run_dir.join(crate::run::METRICS_FILE));
-    // On resume, records after the checkpoint's step (written before a crash) are dropped.
-    let log = match args.resume {
-        true => MetricsLog::open_resume(&log_path, state.step)?,
-        false => MetricsLog::open(&log_path, false)?,
+    // Only rank 0 writes: the run directory, checkpoints, the metrics log.
+    let output = match replica.leader() {
+        true => Some(RunOutput::open(args, resumed.is_some())?),
+        false => None,
     };
-    announce(
+    let (mut model, state) = build_model(
         engines,
         args,
-        &data,
-        model.cfg(),
-        &state,
-        (&run_dir, &log_path),
-    );
+        arch,
+        &replica,
+        resumed.as_ref(),
+        init_from.as_ref(),
+    )?;
+    data_parallel::broadcast_weights(comm, engines, &mut model)?;
+    let log = match &output {
+        Some(out) => {
+            announce(engines, args, &data, model.cfg(), &state, out, &replica);
+            Some(out.log(args, state.step)?)
+        }
+        None => None,
+    };
     let sgd = Sgd {
         momentum: args.momentum,
         weight_decay: args.weight_decay,
         decay_biases: args.decay_biases,
     };
-    let mut trainer = Trainer::new(engines, model, state, sgd, Box::new(Alone));
+    let sync: Box<dyn GradientSync<E>> = match replica.ranks {
+        1 => Box::new(Alone),
+        _ => Box::new(Replicas::new(comm)),
+    };
+    let mut trainer = Trainer::new(engines, model, state, sgd, sync);
     let classes = data.class_names.len();
-    let mut report = Reporter::new(log, args.quiet, classes, args.init() == InitArg::Paper);
+    let paper_init = args.init() == InitArg::Paper;
+    let mut report = Reporter::new(log, args.quiet, classes, paper_init);
     let mut summary = TrainSummary {
         steps: trainer.state.step,
         epochs_completed: trainer.state.epoch,
@@ -435,32 +455,132 @@ pub fn train<E: Engine>(
         last_val_top5: None,
         interrupted: false,
         last_checkpoint: None,
-        run_dir,
+        run_dir: output
+            .as_ref()
+            .map(|o| o.dir.dir().to_path_buf())
+            .unwrap_or_default(),
+    };
+    let run = Run {
+        args,
+        data: &data,
+        replica: &replica,
+        output: output.as_ref(),
+        stop,
     };
     // ---- the loop: epochs of steps, each epoch validated, scheduled and saved ----
     while trainer.state.epoch < args.epochs() && budget_left(&trainer.state, args) {
-        let finished = train_epoch(
-            &mut trainer,
-            &mut report,
-            &data,
-            args,
-            stop,
-            &ckpt_dir,
-            &mut summary,
-        )?;
+        let finished = train_epoch(&mut trainer, &mut report, &run, &mut summary)?;
         if summary.interrupted || !finished {
             break;
         }
-        let improved = end_epoch(&mut trainer, &mut report, &data, args, &mut summary)?;
-        let ck = trainer.checkpoint(&data)?;
-        let saved = ckpt_dir.save(&ck, trainer.state.step, improved)?;
-        trainer.last_saved = Some(saved.clone());
-        summary.last_checkpoint = Some(saved);
-        if stop.load(Ordering::SeqCst) {
+        let improved = end_epoch(&mut trainer, &mut report, &run, &mut summary)?;
+        run.save(&mut trainer, improved, &mut summary)?;
+        if trainer.agree(stop.load(Ordering::SeqCst))? {
             summary.interrupted = true;
         }
     }
     Ok(summary)
+}
+
+/// This process's place in a data-parallel run (rank 0 of 1 in a plain one).
+struct Replica {
+    rank: usize,
+    ranks: usize,
+    /// This rank's share of the global batch.
+    batch: usize,
+}
+
+impl Replica {
+    /// Checks that the global batch splits evenly and that every rank runs the same binary with
+    /// the same settings.
+    fn new(comm: &Comm, args: &TrainArgs) -> Result<Self> {
+        let (rank, ranks) = (comm.rank(), comm.size());
+        if !args.batch_size().is_multiple_of(ranks) {
+            return Err(Error::Config(format!(
+                "--batch-size {} (the global batch) does not split evenly over {ranks} ranks; \
+                 use a multiple of {ranks}",
+                args.batch_size()
+            )));
+        }
+        if ranks > 1 {
+            let settings = crate::run::settings_json(args)?.to_string();
+            comm.agree_on(
+                "the training settings",
+                data_parallel::fingerprint(settings.as_bytes()),
+            )?;
+            let exe = std::env::current_exe()
+                .and_then(std::fs::read)
+                .unwrap_or_default();
+            comm.agree_on("the alexnet-cli binary", data_parallel::fingerprint(&exe))?;
+        }
+        Ok(Replica {
+            rank,
+            ranks,
+            batch: args.batch_size() / ranks,
+        })
+    }
+
+    fn leader(&self) -> bool {
+        self.rank == 0
+    }
+}
+
+/// Where rank 0 writes a run: its directory (checkpoints) and the metrics log.
+struct RunOutput {
+    dir: CheckpointDir,
+    log_path: PathBuf,
+}
+
+impl RunOutput {
+    fn open(args: &TrainArgs, resumed: bool) -> Result<Self> {
+        let run_dir = crate::run::run_directory(args)?;
+        let log_path = args
+            .log
+            .clone()
+            .unwrap_or_else(|| run_dir.join(crate::run::METRICS_FILE));
+        debug_assert_eq!(resumed, args.resume);
+        Ok(RunOutput {
+            dir: CheckpointDir::new(&run_dir, args.keep)?,
+            log_path,
+        })
+    }
+
+    /// The metrics log; on resume, records after the checkpoint's `step` (written before a
+    /// crash) are dropped.
+    fn log(&self, args: &TrainArgs, step: u64) -> Result<MetricsLog> {
+        match args.resume {
+            true => MetricsLog::open_resume(&self.log_path, step),
+            false => MetricsLog::open(&self.log_path, false),
+        }
+    }
+}
+
+/// What every part of the loop reads.
+struct Run<'a> {
+    args: &'a TrainArgs,
+    data: &'a TrainData,
+    replica: &'a Replica,
+    output: Option<&'a RunOutput>,
+    stop: &'a AtomicBool,
+}
+
+impl Run<'_> {
+    /// Saves the run as it stands (rank 0; the others have nothing to do).
+    fn save<E: Engine>(
+        &self,
+        trainer: &mut Trainer<E>,
+        best: bool,
+        summary: &mut TrainSummary,
+    ) -> Result<()> {
+        if let Some(out) = self.output {
+            let saved = out
+                .dir
+                .save(&trainer.checkpoint(self.data)?, trainer.state.step, best)?;
+            trainer.last_saved = Some(saved.clone());
+            summary.last_checkpoint = Some(saved);
+        }
+        Ok(())
+    }
 }
 
 /// The run's settings: the command line's, or on --resume the run's own (with what may change
@@ -483,15 +603,19 @@ fn run_settings(given: &TrainArgs) -> Result<(TrainArgs, Option<crate::run::Resu
 
 /// The data, once the configuration is known to fit in memory (for the built-in data, before it
 /// is generated; a prepared dataset is opened first to learn its class count, which is cheap).
-fn open_data_that_fits<E: Engine>(engines: &[E], args: &TrainArgs) -> Result<TrainData> {
+fn open_data_that_fits<E: Engine>(
+    engines: &[E],
+    args: &TrainArgs,
+    batch: usize,
+) -> Result<TrainData> {
     match &args.data {
         None => {
-            check_memory(engines, args, args.classes.unwrap_or(10))?;
+            check_memory(engines, args, args.classes.unwrap_or(10), batch)?;
             open_data(args)
         }
         Some(_) => {
             let data = open_data(args)?;
-            check_memory(engines, args, data.class_names.len())?;
+            check_memory(engines, args, data.class_names.len(), batch)?;
             Ok(data)
         }
     }
@@ -524,6 +648,7 @@ fn build_model<E: Engine>(
     engines: &[E],
     args: &TrainArgs,
     arch: ArchConfig,
+    replica: &Replica,
     resumed: Option<&crate::run::Resumed>,
     init_from: Option<&Checkpoint>,
 ) -> Result<(Network<E>, TrainState)> {
@@ -532,14 +657,8 @@ fn build_model<E: Engine>(
         InitArg::Caffe => Init::Caffe,
     };
     let split = args.split_executors().is_some();
-    let mut model = Network::new(
-        engines,
-        split,
-        arch.clone(),
-        init,
-        args.seed,
-        args.batch_size(),
-    )?;
+    let mut model = Network::new(engines, split, arch.clone(), init, args.seed, replica.batch)?;
+    model.set_first_image(replica.rank * replica.batch);
     let mut state = TrainState::fresh(args.seed, args.lr);
     if let Some(r) = resumed {
         if r.checkpoint.arch != arch {
@@ -555,22 +674,24 @@ fn build_model<E: Engine>(
         load_weights(engines, &mut model, &r.checkpoint, true)?;
         state = r.state()?;
         let threads = host_threads(engines);
-        if state.threads != threads {
+        if state.threads != threads && replica.leader() {
             println!(
                 "notice: the run computed with {} host threads, this process with {threads}: the \
                  results stay the same up to float summation order, no longer bit for bit",
                 state.threads
             );
         }
-        println!(
-            "resumed from {} at epoch {} step {}",
-            r.path.display(),
-            state.epoch + 1,
-            state.step
-        );
+        if replica.leader() {
+            println!(
+                "resumed from {} at epoch {} step {}",
+                r.path.display(),
+                state.epoch + 1,
+                state.step
+            );
+        }
     } else if let Some(ckpt) = init_from {
         let reused = load_weights(engines, &mut model, ckpt, false)?;
-        if let Some(path) = &args.init_from {
+        if let (Some(path), true) = (&args.init_from, replica.leader()) {
             println!("initialised {reused} tensors from {}", path.display());
         }
     }
@@ -586,7 +707,8 @@ fn announce<E: Engine>(
     data: &TrainData,
     arch: &ArchConfig,
     state: &TrainState,
-    (run_dir, log_path): (&std::path::Path, &std::path::Path),
+    out: &RunOutput,
+    replica: &Replica,
 ) {
     println!(
         "training on {} with {}: {} train / {} val images, {} classes, batch {}, lr {}",
@@ -598,10 +720,18 @@ fn announce<E: Engine>(
         args.batch_size(),
         fmt_lr(state.lr)
     );
+    if replica.ranks > 1 {
+        println!(
+            "data-parallel: {} ranks, global batch {} ({} per rank)",
+            replica.ranks,
+            args.batch_size(),
+            replica.batch
+        );
+    }
     println!(
         "run directory: {} (checkpoints; metrics in {})",
-        run_dir.display(),
-        log_path.display()
+        out.dir.dir().display(),
+        out.log_path.display()
     );
     let demo = args.demo_defaults();
     if !demo.is_empty() {
@@ -635,16 +765,13 @@ fn augment(args: &TrainArgs) -> Augment {
 
 /// The steps of the epoch in progress, from where it stands, until it ends, the budget is
 /// spent or `stop` is raised (then the state is saved). Returns whether the epoch is complete.
-#[allow(clippy::too_many_arguments)]
 fn train_epoch<E: Engine>(
     trainer: &mut Trainer<E>,
     report: &mut Reporter,
-    data: &TrainData,
-    args: &TrainArgs,
-    stop: &AtomicBool,
-    ckpt_dir: &CheckpointDir,
+    run: &Run,
     summary: &mut TrainSummary,
 ) -> Result<bool> {
+    let (args, data) = (run.args, run.data);
     let state = &trainer.state;
     let mut loader = Loader::new(
         data.train.clone(),
@@ -657,7 +784,10 @@ fn train_epoch<E: Engine>(
             augment: augment(args),
             shuffle: true,
             drop_last: true,
-            share: Share::WHOLE,
+            share: Share {
+                index: run.replica.rank,
+                of: run.replica.ranks,
+            },
         },
         state.epoch,
         state.batch_in_epoch as usize,
@@ -701,15 +831,14 @@ fn train_epoch<E: Engine>(
         report.step(&trainer.state, &result, took, own_wait + wait)?;
         summary.losses.push(result.loss);
         summary.steps = trainer.state.step;
-        let interrupted = stop.load(Ordering::SeqCst);
+        // Every rank stops at the same step: a Ctrl-C seen by any of them stops all.
+        let interrupted = trainer.agree(run.stop.load(Ordering::SeqCst))?;
         let budget_spent = !budget_left(&trainer.state, args);
         let periodic = args
             .checkpoint_every
             .is_some_and(|k| trainer.state.step.is_multiple_of(k));
         if interrupted || budget_spent || periodic {
-            let saved = ckpt_dir.save(&trainer.checkpoint(data)?, trainer.state.step, false)?;
-            trainer.last_saved = Some(saved.clone());
-            summary.last_checkpoint = Some(saved);
+            run.save(trainer, false, summary)?;
         }
         if interrupted {
             report.interrupted(summary.last_checkpoint.as_deref());
@@ -724,28 +853,47 @@ fn train_epoch<E: Engine>(
     Ok(trainer.state.batch_in_epoch >= per_epoch)
 }
 
-/// An epoch's end: validation, the learning-rate schedule, the epoch line and record. Returns
-/// whether the validation error is the best so far.
+/// An epoch's end: validation (each rank on its share of the set, the counts summed), the
+/// learning-rate schedule, the epoch line and record. Returns whether the validation error is
+/// the best so far.
 fn end_epoch<E: Engine>(
     trainer: &mut Trainer<E>,
     report: &mut Reporter,
-    data: &TrainData,
-    args: &TrainArgs,
+    run: &Run,
     summary: &mut TrainSummary,
 ) -> Result<bool> {
+    let (args, data, replica) = (run.args, run.data, run.replica);
     let engines = trainer.engines();
-    let val = evaluate(
+    let share: Arc<dyn Dataset> = match replica.ranks {
+        1 => data.val.clone(),
+        n => Arc::new(EveryNth::new(data.val.clone(), replica.rank, n)),
+    };
+    let own = evaluate(
         engines,
         &mut trainer.model,
-        data.val.as_ref(),
+        share.as_ref(),
         &data.stats,
         &EvalOptions {
-            batch: args.batch_size(),
+            batch: replica.batch,
             ten_crop: false,
             workers: args.workers,
         },
     )?;
-    trainer.model.set_batch(engines, args.batch_size())?;
+    trainer.model.set_batch(engines, replica.batch)?;
+    let n = own.images as f64;
+    let mut counts = [
+        (own.top1 as f64 * n).round(),
+        (own.top5 as f64 * n).round(),
+        n,
+    ];
+    trainer.sum_over_replicas(&mut counts)?;
+    let images = counts[2].max(1.0);
+    let val = EvalResult {
+        top1: (counts[0] / images) as f32,
+        top5: (counts[1] / images) as f32,
+        images: counts[2] as usize,
+        ..own
+    };
     let schedule = Schedule {
         base_lr: args.lr,
         step_epochs: args.lr_step_epochs,
@@ -818,8 +966,14 @@ fn with_absolute_data(args: &TrainArgs) -> Result<TrainArgs> {
 /// Batches the loader keeps ready ahead of the engine.
 const LOADER_PREFETCH: usize = 4;
 
-/// Refuses, before any allocation, a configuration that cannot fit in this machine's memory.
-fn check_memory<E: Engine>(engines: &[E], args: &TrainArgs, classes: usize) -> Result<()> {
+/// Refuses, before any allocation, a configuration that cannot fit in this machine's memory, at
+/// `batch` images per step on this process.
+fn check_memory<E: Engine>(
+    engines: &[E],
+    args: &TrainArgs,
+    classes: usize,
+    batch: usize,
+) -> Result<()> {
     let Some(available) = crate::memory::available() else {
         return Ok(());
     };
@@ -834,12 +988,7 @@ fn check_memory<E: Engine>(engines: &[E], args: &TrainArgs, classes: usize) -> R
         // The prefetched ones, one being built by each worker, and the one in use.
         loader_batches: LOADER_PREFETCH + workers + 1,
     };
-    crate::memory::check_training(
-        &arch_from_args(args, classes),
-        args.batch_size(),
-        at,
-        available,
-    )
+    crate::memory::check_training(&arch_from_args(args, classes), batch, at, available)
 }
 
 /// "input_size 99 -> 67" for each field in which two architectures differ.

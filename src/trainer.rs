@@ -217,6 +217,18 @@ impl<'e, E: Engine> Trainer<'e, E> {
         })
     }
 
+    /// Whether `flag` is raised on any replica (so that all act on it at the same step).
+    pub fn agree(&mut self, flag: bool) -> Result<bool> {
+        let mut raised = [flag as u8 as f64];
+        self.sync.sum_stats(&mut raised)?;
+        Ok(raised[0] > 0.0)
+    }
+
+    /// Sums `stats` over the replicas in place (validation counts).
+    pub fn sum_over_replicas(&mut self, stats: &mut [f64]) -> Result<()> {
+        self.sync.sum_stats(stats)
+    }
+
     /// The engines the model runs on.
     pub fn engines(&self) -> &'e [E] {
         self.engines

@@ -12,13 +12,14 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use alexnet::arch::{summary_table, ArchConfig};
 use alexnet::checkpoint::{Checkpoint, TrainState};
 use alexnet::data::Stats;
+use alexnet::dist::Comm;
 use alexnet::engine::cpu::CpuEngine;
 use alexnet::engine::Engine;
 use alexnet::eval::{evaluate_ensemble, predict_files, EvalOptions};
 use alexnet::model::{Init, Model, Sgd};
 use alexnet::parallel::Network;
 use alexnet::settings::{self, MAX_BATCH, MAX_CLASSES, MAX_INPUT, MAX_THREADS};
-use alexnet::train::{load_weights, train, TrainArgs};
+use alexnet::train::{load_weights, train_in, TrainArgs};
 use alexnet::trainer::{Alone, Trainer};
 use alexnet::{Error, Result};
 
@@ -317,8 +318,16 @@ fn run(cli: Cli) -> Result<()> {
                 device.device = Device::Cuda;
             }
             let executors = args.split_executors().unwrap_or(1);
-            with_engines!(&device, threads, executors, |es| {
-                let s = train(&es, &args, &stop)?;
+            // Under mpirun: one data-parallel rank of several, on the GPU of its local rank.
+            let comm = Comm::from_env()?;
+            if comm.size() > 1 {
+                device.gpu += comm.local_rank();
+            }
+            let result = with_engines!(&device, threads, executors, |es| {
+                let s = train_in(&es, &args, &stop, &comm)?;
+                if comm.rank() != 0 {
+                    return Ok(());
+                }
                 println!(
                     "{} {} steps{}",
                     if s.interrupted {
@@ -346,7 +355,13 @@ fn run(cli: Cli) -> Result<()> {
                     None => println!("no checkpoint was written (no step completed)"),
                 }
                 Ok(())
-            })
+            });
+            match result {
+                // One rank's error would leave the others waiting in their next collective:
+                // end them all now, with the message.
+                Err(e) if comm.size() > 1 => comm.abort(&e.to_string()),
+                other => other,
+            }
         }
         Command::Summary {
             classes,

@@ -198,7 +198,13 @@ impl Dataset for InMemory {
 }
 
 /// The argument checks every `Dataset::read` makes.
-fn check_read(what: &str, index: usize, len: usize, out: usize, per: usize) -> crate::Result<()> {
+pub(crate) fn check_read(
+    what: &str,
+    index: usize,
+    len: usize,
+    out: usize,
+    per: usize,
+) -> crate::Result<()> {
     if index >= len {
         return Err(crate::Error::Config(format!(
             "{what}: image index {index} out of range (len {len})"

@@ -1,0 +1,185 @@
+//! Data parallelism: N ranks (processes under `mpirun`) each hold the whole net, train on their
+//! share of every global batch, and average their gradients before the identical update, so the
+//! run is the one-process run at the same global batch: the same batches (each rank's loader
+//! builds its images of them, `data::Share`), the same dropout masks (keyed by the image's place
+//! in the global batch), the same initial weights (broadcast from rank 0), and the same update
+//! on the global batch's gradient. Communication is the `dist` module's (MPI, NCCL).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::data::Dataset;
+use crate::dist::{self, Comm};
+use crate::engine::Engine;
+use crate::error::Result;
+use crate::parallel::Network;
+use crate::trainer::GradientSync;
+
+/// The replicas of a data-parallel run, as the trainer's gradient sync.
+pub struct Replicas<'c> {
+    comm: &'c Comm,
+    bucket_bytes: usize,
+    /// Seconds spent averaging gradients (copies and all-reduces), summed over steps.
+    pub sync_seconds: f64,
+    /// Gradient bytes each step all-reduces.
+    pub bytes_per_step: usize,
+}
+
+impl<'c> Replicas<'c> {
+    pub fn new(comm: &'c Comm) -> Self {
+        Replicas {
+            comm,
+            bucket_bytes: dist::DEFAULT_BUCKET_BYTES,
+            sync_seconds: 0.0,
+            bytes_per_step: 0,
+        }
+    }
+}
+
+impl<E: Engine> GradientSync<E> for Replicas<'_> {
+    fn replicas(&self) -> usize {
+        self.comm.size()
+    }
+
+    /// Buckets of about 25 MB in backward order (the last layers' gradients first), each copied
+    /// to the host and started on its all-reduce before the next is copied, so the copies overlap
+    /// the reductions; then each summed bucket is scaled by 1/N and copied back.
+    fn average_gradients(&mut self, engines: &[E], model: &mut Network<E>) -> Result<()> {
+        let t0 = Instant::now();
+        let mut params = model.params_mut(engines);
+        params.reverse();
+        let sizes: Vec<usize> = params.iter().map(|(_, p)| p.len()).collect();
+        self.bytes_per_step = sizes.iter().sum::<usize>() * std::mem::size_of::<f32>();
+        let mut in_flight = Vec::new();
+        for range in dist::buckets(&sizes, self.bucket_bytes) {
+            let mut bucket = vec![0f32; sizes[range.clone()].iter().sum()];
+            let mut at = 0;
+            for (e, p) in &params[range.clone()] {
+                e.download(&p.grad, &mut bucket[at..at + p.len()])?;
+                at += p.len();
+            }
+            in_flight.push((range, self.comm.start_all_reduce(bucket)));
+        }
+        let scale = 1.0 / self.comm.size() as f32;
+        for (range, pending) in in_flight {
+            let mut summed = pending.wait();
+            summed.iter_mut().for_each(|g| *g *= scale);
+            let mut at = 0;
+            for (e, p) in &mut params[range] {
+                let n = p.len();
+                e.upload(&mut p.grad, &summed[at..at + n])?;
+                at += n;
+            }
+        }
+        self.sync_seconds += t0.elapsed().as_secs_f64();
+        Ok(())
+    }
+
+    fn sum_stats(&mut self, stats: &mut [f64]) -> Result<()> {
+        self.comm.all_reduce_sum_f64(stats);
+        Ok(())
+    }
+}
+
+/// Makes every rank's weights and momentum rank 0's (after each rank initialised or loaded its
+/// own: equal in a healthy run, and this makes them equal by construction).
+pub fn broadcast_weights<E: Engine>(
+    comm: &Comm,
+    engines: &[E],
+    model: &mut Network<E>,
+) -> Result<()> {
+    if comm.size() == 1 {
+        return Ok(());
+    }
+    for (e, p) in model.params_mut(engines) {
+        let mut host = vec![0f32; p.len()];
+        for buf in [&mut p.value, &mut p.momentum] {
+            e.download(buf, &mut host)?;
+            comm.broadcast_f32(&mut host, 0);
+            e.upload(buf, &host)?;
+        }
+    }
+    Ok(())
+}
+
+/// A 64-bit fingerprint of `bytes` (configurations and binaries compared across ranks).
+pub fn fingerprint(bytes: &[u8]) -> u64 {
+    bytes.chunks(8).fold(bytes.len() as u64, |h, chunk| {
+        let mut w = [0u8; 8];
+        w[..chunk.len()].copy_from_slice(chunk);
+        crate::rng::hash(h, u64::from_le_bytes(w))
+    })
+}
+
+/// Every `of`-th image of a dataset starting at `first`: one rank's share of the validation
+/// set (the shares together are the whole set, each image once).
+pub struct EveryNth {
+    inner: Arc<dyn Dataset>,
+    first: usize,
+    of: usize,
+}
+
+impl EveryNth {
+    pub fn new(inner: Arc<dyn Dataset>, first: usize, of: usize) -> Self {
+        EveryNth { inner, first, of }
+    }
+}
+
+impl Dataset for EveryNth {
+    fn len(&self) -> usize {
+        self.inner
+            .len()
+            .saturating_sub(self.first)
+            .div_ceil(self.of)
+    }
+    fn side(&self) -> usize {
+        self.inner.side()
+    }
+    fn classes(&self) -> usize {
+        self.inner.classes()
+    }
+    fn class_names(&self) -> Vec<String> {
+        self.inner.class_names()
+    }
+    fn read(&self, index: usize, out: &mut [u8]) -> Result<u32> {
+        let per = 3 * self.side() * self.side();
+        crate::data::check_read("validation share", index, self.len(), out.len(), per)?;
+        self.inner.read(self.first + index * self.of, out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shares_of_a_dataset_cover_it_once() {
+        let side = 2;
+        let n = 7;
+        let ds: Arc<dyn Dataset> = Arc::new(crate::data::InMemory {
+            side,
+            names: vec!["a".into(), "b".into()],
+            pixels: (0..n * 3 * side * side).map(|i| (i / 12) as u8).collect(),
+            labels: (0..n as u32).map(|i| i % 2).collect(),
+        });
+        let mut seen = Vec::new();
+        for first in 0..3 {
+            let share = EveryNth::new(ds.clone(), first, 3);
+            let mut buf = vec![0u8; 3 * side * side];
+            for i in 0..share.len() {
+                share.read(i, &mut buf).unwrap();
+                seen.push(buf[0] as usize);
+            }
+            assert!(share.read(share.len(), &mut buf).is_err());
+        }
+        seen.sort_unstable();
+        assert_eq!(seen, (0..n).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn fingerprints_tell_inputs_apart() {
+        assert_eq!(fingerprint(b"abc"), fingerprint(b"abc"));
+        assert_ne!(fingerprint(b"abc"), fingerprint(b"abd"));
+        assert_ne!(fingerprint(b""), fingerprint(b"\0"));
+    }
+}
