@@ -438,7 +438,7 @@ fn photo(w: u32, h: u32, seed: u32) -> RgbImage {
         let noise = (x.wrapping_mul(2_654_435_761) ^ y.wrapping_mul(40_503) ^ seed) >> 27;
         Rgb([
             ((x * 255 / w) as u8).wrapping_add(noise as u8),
-            if (x / 17 + y / 13 + seed) % 2 == 0 {
+            if (x / 17 + y / 13 + seed).is_multiple_of(2) {
                 200
             } else {
                 40
@@ -570,8 +570,11 @@ fn shard_files(out: &Path) -> Vec<PathBuf> {
     v
 }
 
+/// Every training image with its label, and the stats.
+type Everything = (Vec<(Vec<u8>, u32)>, alexnet::data::Stats);
+
 /// Every image and the stats, or the first error met while opening and reading.
-fn read_everything(out: &Path) -> Result<(Vec<(Vec<u8>, u32)>, alexnet::data::Stats), String> {
+fn read_everything(out: &Path) -> Result<Everything, String> {
     let ds = PackedDataset::open(out, "train").map_err(|e| e.to_string())?;
     let mut images = Vec::new();
     for i in 0..ds.len() {

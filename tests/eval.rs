@@ -109,7 +109,7 @@ fn top1_top5_and_ten_crop_match_the_hand_computed_errors() {
     // A JPEG cut short: its decoder would fill the missing rows with grey and answer.
     let truncated = tmp.path().join("truncated.jpg");
     let photo = image::RgbImage::from_fn(300, 280, |x, y| {
-        image::Rgb([(x * 7 ^ y * 3) as u8, (x + y) as u8, (x * y) as u8])
+        image::Rgb([((x * 7) ^ (y * 3)) as u8, (x + y) as u8, (x * y) as u8])
     });
     photo.save(&truncated).unwrap();
     let bytes = std::fs::read(&truncated).unwrap();
