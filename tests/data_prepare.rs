@@ -265,6 +265,7 @@ fn args(src: &Path, out: &Path) -> PrepareArgs {
         shard_size: 3,
         no_exif: false,
         quiet: true,
+        overwrite: false,
     }
 }
 
@@ -429,4 +430,327 @@ fn prepare_reads_flat_val_with_labels_and_class_folder_val() {
         (1, 4),
         "delta/x.png skipped besides the three bad training files"
     );
+}
+
+/// A photo-like image (gradients, edges and noise), so that its JPEG runs to tens of kB.
+fn photo(w: u32, h: u32, seed: u32) -> RgbImage {
+    RgbImage::from_fn(w, h, |x, y| {
+        let noise = (x.wrapping_mul(2_654_435_761) ^ y.wrapping_mul(40_503) ^ seed) >> 27;
+        Rgb([
+            ((x * 255 / w) as u8).wrapping_add(noise as u8),
+            if (x / 17 + y / 13 + seed).is_multiple_of(2) {
+                200
+            } else {
+                40
+            },
+            ((y * 255 / h) as u8) ^ (noise as u8 * 3),
+        ])
+    })
+}
+
+fn encode(img: &RgbImage, format: image::ImageFormat) -> Vec<u8> {
+    let mut out = std::io::Cursor::new(Vec::new());
+    image::DynamicImage::ImageRgb8(img.clone())
+        .write_to(&mut out, format)
+        .unwrap();
+    out.into_inner()
+}
+
+#[test]
+fn a_cut_off_image_is_an_error_in_every_format() {
+    let img = photo(320, 240, 1);
+    let j = jpeg(&img, None);
+    assert!(j.len() > 10_000, "a JPEG of {} bytes", j.len());
+    let whole = decode_resize(&j, 64, true).unwrap();
+    // Cut anywhere from inside the headers to the last byte of the end-of-image marker.
+    for cut in [
+        200,
+        3000,
+        j.len() / 2,
+        j.len() - 100,
+        j.len() - 2,
+        j.len() - 1,
+    ] {
+        let err = decode_resize(&j[..cut], 64, true).unwrap_err();
+        assert!(
+            err.contains("truncated"),
+            "JPEG cut at {cut} of {}: {err}",
+            j.len()
+        );
+    }
+    // Complete files stay fine: bytes after the end-of-image marker (phones append videos
+    // there), and a thumbnail in an APP1 segment whose own end-of-image marker comes first.
+    let mut trailing = j.clone();
+    trailing.extend_from_slice(b"\xff\xd8 appended data, not the image");
+    assert_eq!(decode_resize(&trailing, 64, true).unwrap().chw, whole.chw);
+    let thumb = jpeg(&photo(16, 16, 2), None);
+    let mut app1 = vec![0xFF, 0xE1];
+    app1.extend_from_slice(&((thumb.len() + 2) as u16).to_be_bytes());
+    app1.extend_from_slice(&thumb);
+    let with_thumb: Vec<u8> = [&j[..2], &app1, &j[2..]].concat();
+    assert_eq!(decode_resize(&with_thumb, 64, true).unwrap().chw, whole.chw);
+    let cut = with_thumb.len() - 5000;
+    let err = decode_resize(&with_thumb[..cut], 64, true).unwrap_err();
+    assert!(err.contains("truncated"), "{err}");
+    // The other formats' decoders report a cut themselves; this holds them to it.
+    for format in [
+        image::ImageFormat::Png,
+        image::ImageFormat::Gif,
+        image::ImageFormat::WebP,
+        image::ImageFormat::Bmp,
+        image::ImageFormat::Tiff,
+        image::ImageFormat::Pnm,
+        image::ImageFormat::Qoi,
+    ] {
+        let bytes = encode(&img, format);
+        decode_resize(&bytes, 64, true).unwrap();
+        for frac in [0.1, 0.5, 0.9, 0.99] {
+            let cut = (bytes.len() as f64 * frac) as usize;
+            assert!(
+                decode_resize(&bytes[..cut], 64, true).is_err(),
+                "{format:?} cut at {cut} of {} decodes",
+                bytes.len()
+            );
+        }
+    }
+}
+
+#[test]
+fn prepare_skips_and_names_a_truncated_photo_and_strict_refuses_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, out) = (tmp.path().join("src"), tmp.path().join("out"));
+    for (class, seed) in [("cat", 1), ("dog", 2)] {
+        std::fs::create_dir_all(src.join(class)).unwrap();
+        std::fs::write(
+            src.join(class).join("whole.jpg"),
+            jpeg(&photo(320, 240, seed), None),
+        )
+        .unwrap();
+    }
+    let j = jpeg(&photo(320, 240, 3), None);
+    std::fs::write(src.join("cat").join("cut.jpg"), &j[..3000]).unwrap();
+    let s = prepare(&args(&src, &out)).unwrap();
+    assert_eq!((s.train, s.skipped, s.upscaled), (2, 1, 0));
+    assert!(s.skipped_examples[0].path.ends_with("cut.jpg"));
+    assert!(s.skipped_examples[0].reason.contains("truncated"));
+    let shown = s.to_string();
+    assert!(
+        shown.contains("cut.jpg") && shown.contains("truncated"),
+        "{shown}"
+    );
+    let report = std::fs::read_to_string(out.join("report.tsv")).unwrap();
+    let line = report.lines().find(|l| l.contains("cut.jpg")).unwrap();
+    assert!(
+        line.starts_with("train\tskipped\t") && line.contains("truncated"),
+        "{line}"
+    );
+    let err = alexnet::data::load_image_file(&src.join("cat").join("cut.jpg"), 32)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("cut.jpg") && err.contains("truncated"),
+        "{err}"
+    );
+    let mut strict = args(&src, &tmp.path().join("strict"));
+    strict.strict = true;
+    let err = prepare(&strict).unwrap_err().to_string();
+    assert!(
+        err.contains("cut.jpg") && err.contains("truncated"),
+        "{err}"
+    );
+}
+
+fn shard_files(out: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(out)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "pack"))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Every training image with its label, and the stats.
+type Everything = (Vec<(Vec<u8>, u32)>, alexnet::data::Stats);
+
+/// Every image and the stats, or the first error met while opening and reading.
+fn read_everything(out: &Path) -> Result<Everything, String> {
+    let ds = PackedDataset::open(out, "train").map_err(|e| e.to_string())?;
+    let mut images = Vec::new();
+    for i in 0..ds.len() {
+        let mut b = vec![0u8; 3 * ds.side() * ds.side()];
+        let l = ds.read(i, &mut b).map_err(|e| e.to_string())?;
+        images.push((b, l));
+    }
+    Ok((
+        images,
+        PackedDataset::stats(out).map_err(|e| e.to_string())?,
+    ))
+}
+
+#[test]
+fn any_changed_byte_in_a_shard_or_the_mean_is_caught_and_prepare_repairs_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, out) = (tmp.path().join("src"), tmp.path().join("out"));
+    make_tree(&src);
+    let a = args(&src, &out);
+    prepare(&a).unwrap();
+    let good = read_everything(&out).unwrap();
+    let summary = alexnet::data::packed::verify(&out).unwrap();
+    assert_eq!((summary.images, summary.shards), (10, 5));
+    let shard = shard_files(&out)[1].clone();
+    let name = shard.file_name().unwrap().to_string_lossy().into_owned();
+    let original = std::fs::read(&shard).unwrap();
+    // Every byte: preamble, JSON header, padding, pixels. One bit or a whole byte changed.
+    for pos in 0..original.len() {
+        let mut bad = original.clone();
+        bad[pos] ^= if pos % 2 == 0 { 0x01 } else { 0xFF };
+        std::fs::write(&shard, &bad).unwrap();
+        let err = alexnet::data::packed::verify(&out).unwrap_err().to_string();
+        assert!(
+            err.contains(&name) && err.contains("prepare"),
+            "byte {pos}: {err}"
+        );
+        // Opening and reading meet it too (sampled: the same checks, one path each).
+        if pos % 97 == 0 {
+            let err = read_everything(&out).unwrap_err();
+            assert!(
+                err.contains(&name) && err.contains("prepare"),
+                "byte {pos}: {err}"
+            );
+        }
+    }
+    // Same size, pixels overwritten in the middle: re-running prepare rebuilds that shard.
+    let mut bad = original.clone();
+    let n = bad.len();
+    bad[n - 2000..n - 1000].fill(0);
+    std::fs::write(&shard, &bad).unwrap();
+    let again = prepare(&a).unwrap();
+    assert_eq!((again.shards_written, again.shards_reused), (1, 4));
+    assert!(again.shards_rebuilt[0].contains(&name), "{again:?}");
+    assert_eq!(std::fs::read(&shard).unwrap(), original);
+    assert_eq!(read_everything(&out).unwrap(), good);
+    // The mean image.
+    let mean = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "bin"))
+        .unwrap();
+    let mut m = std::fs::read(&mean).unwrap();
+    m[100] ^= 4;
+    std::fs::write(&mean, &m).unwrap();
+    let err = PackedDataset::stats(&out).unwrap_err().to_string();
+    assert!(err.contains("checksum") && err.contains("prepare"), "{err}");
+    assert!(alexnet::data::packed::verify(&out).is_err());
+    prepare(&a).unwrap();
+    assert_eq!(read_everything(&out).unwrap(), good);
+    // A dataset of the older format (no checksums) is refused with what to do, then rebuilt.
+    let meta_path = out.join("meta.json");
+    let meta = std::fs::read_to_string(&meta_path).unwrap();
+    std::fs::write(&meta_path, meta.replace("\"version\": 2", "\"version\": 1")).unwrap();
+    let err = read_everything(&out).unwrap_err();
+    assert!(err.contains("v1") && err.contains("prepare"), "{err}");
+    let again = prepare(&a).unwrap();
+    assert_eq!(
+        again.shards_written, 0,
+        "v1 meta, v2 shards: only meta.json is redone"
+    );
+    assert_eq!(read_everything(&out).unwrap(), good);
+}
+
+#[test]
+fn an_out_inside_src_is_left_out_of_the_input_and_out_equal_to_src_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    make_tree(&src);
+    let out = src.join("prepared");
+    let first = prepare(&args(&src, &out)).unwrap();
+    let second = prepare(&args(&src, &out)).unwrap();
+    assert_eq!(first.classes, 3);
+    assert_eq!((second.classes, second.train), (3, 10));
+    assert_eq!(second.shards_written, 0, "the same input: nothing to redo");
+    assert_eq!(
+        PackedDataset::open(&out, "train").unwrap().class_names(),
+        ["alpha", "beta", "gamma"]
+    );
+    // Deeper inside a class folder, too.
+    std::fs::remove_dir_all(&out).unwrap();
+    let deep = src.join("alpha").join("out");
+    prepare(&args(&src, &deep)).unwrap();
+    assert_eq!(prepare(&args(&src, &deep)).unwrap().skipped, 3);
+    let err = prepare(&args(&src, &src)).unwrap_err().to_string();
+    assert!(err.contains("input folder"), "{err}");
+    // A folder of someone's files inside SRC would silently stop being input: refused.
+    let err = prepare(&args(&src, &src.join("beta")))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("holds other files"), "{err}");
+}
+
+#[test]
+fn a_complete_dataset_survives_a_failed_or_refused_run_and_is_replaced_only_when_asked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, out) = (tmp.path().join("src"), tmp.path().join("out"));
+    make_tree(&src);
+    let other = tmp.path().join("other");
+    for class in ["x", "y"] {
+        std::fs::create_dir_all(other.join(class)).unwrap();
+        for i in 0..4u8 {
+            let img = RgbImage::from_pixel(40, 40, Rgb([i * 50, 7, 200]));
+            std::fs::write(other.join(class).join(format!("{i}.png")), png(&img)).unwrap();
+        }
+    }
+    let a = args(&src, &out);
+    prepare(&a).unwrap();
+    let good = read_everything(&out).unwrap();
+    // The same run again: a no-op.
+    let again = prepare(&a).unwrap();
+    assert_eq!((again.shards_written, again.shards_reused), (0, 5));
+    // Another SRC, or another side: refused, naming the dataset and both ways on.
+    let mut b = args(&other, &out);
+    for refused in [b.clone(), {
+        let mut s = a.clone();
+        s.side = 24;
+        s
+    }] {
+        let err = prepare(&refused).unwrap_err().to_string();
+        assert!(
+            err.contains(&*out.to_string_lossy())
+                && err.contains("--overwrite")
+                && err.contains("another OUT"),
+            "{err}"
+        );
+        assert_eq!(read_everything(&out).unwrap(), good);
+    }
+    // A run that fails part-way (an undecodable file under --strict, found while building the
+    // second shard) leaves the complete dataset as it was, with --overwrite or without.
+    std::fs::write(other.join("y").join("2.png"), b"not a png").unwrap();
+    b.strict = true;
+    b.overwrite = true;
+    let err = prepare(&b).unwrap_err().to_string();
+    assert!(err.contains("2.png"), "{err}");
+    assert_eq!(read_everything(&out).unwrap(), good);
+    let mut a_strict = a.clone();
+    a_strict.strict = true;
+    std::fs::write(src.join("beta").join("zz.png"), b"not a png").unwrap();
+    assert!(prepare(&a_strict).is_err());
+    assert_eq!(read_everything(&out).unwrap(), good);
+    // --overwrite replaces it with exactly what a fresh OUT gets, and only its files remain.
+    b.strict = false;
+    prepare(&b).unwrap();
+    let fresh = tmp.path().join("fresh");
+    prepare(&args(&other, &fresh)).unwrap();
+    assert_eq!(
+        read_everything(&out).unwrap(),
+        read_everything(&fresh).unwrap()
+    );
+    let names = |d: &Path| {
+        let mut v: Vec<String> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names(&out), names(&fresh));
 }

@@ -106,13 +106,21 @@ fn top1_top5_and_ten_crop_match_the_hand_computed_errors() {
     let good = val.join("c0").join("img0.png");
     let broken = tmp.path().join("broken.jpg");
     std::fs::write(&broken, b"not a jpeg").unwrap();
+    // A JPEG cut short: its decoder would fill the missing rows with grey and answer.
+    let truncated = tmp.path().join("truncated.jpg");
+    let photo = image::RgbImage::from_fn(300, 280, |x, y| {
+        image::Rgb([((x * 7) ^ (y * 3)) as u8, (x + y) as u8, (x * y) as u8])
+    });
+    photo.save(&truncated).unwrap();
+    let bytes = std::fs::read(&truncated).unwrap();
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
     let names: Vec<String> = (0..10).map(|c| format!("c{c}")).collect();
     let preds = predict_files(
         std::slice::from_ref(&e),
         &mut models,
         &names,
         &stats,
-        &[good, broken],
+        &[good, broken, truncated],
         false,
         5,
     );
@@ -125,4 +133,9 @@ fn top1_top5_and_ten_crop_match_the_hand_computed_errors() {
     assert!((p.top[0].2 - 1.0 / z).abs() < 1e-5, "{}", p.top[0].2);
     let err = preds[1].as_ref().unwrap_err().to_string();
     assert!(err.contains("broken.jpg"), "{err}");
+    let err = preds[2].as_ref().unwrap_err().to_string();
+    assert!(
+        err.contains("truncated.jpg") && err.contains("truncated:"),
+        "{err}"
+    );
 }

@@ -64,6 +64,11 @@ enum Command {
     /// Turn a folder of images (ImageFolder or ILSVRC layout) into a packed dataset with its
     /// mean image and RGB PCA.
     Prepare(alexnet::data::prepare::PrepareArgs),
+    /// Check every byte of a prepared dataset against its checksums (reads it all once).
+    Verify {
+        /// Prepared dataset directory.
+        data: PathBuf,
+    },
     /// Top-1/top-5 error of one checkpoint or an ensemble on a prepared validation set.
     Eval {
         /// Checkpoint(s); several are averaged (the paper's ensembles).
@@ -382,6 +387,10 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Prepare(args) => {
             alexnet::data::prepare::prepare(&args)?;
+            Ok(())
+        }
+        Command::Verify { data } => {
+            println!("{}", alexnet::data::packed::verify(&data)?);
             Ok(())
         }
         Command::Eval {

@@ -2,6 +2,8 @@
 //!
 //! Decoding: any format `image` reads (JPEG incl. CMYK/YCCK, which zune-jpeg converts to RGB;
 //! PNG incl. 16-bit and palette; BMP, GIF, WebP, TIFF, PNM, ...). Greyscale is replicated to R=G=B.
+//! A file whose image data is cut short is an error in every format: the decoders of the other
+//! formats report it themselves, the JPEG one does not (see [`jpeg_truncation`]).
 //! Alpha is composited over white (what a viewer on a white page shows). The EXIF orientation
 //! is applied (the image as people see it) unless the caller turns it off.
 //!
@@ -13,7 +15,7 @@
 //! Taps that fall outside the image repeat the edge pixel.
 
 use crate::{Error, Result};
-use image::{DynamicImage, ImageDecoder, ImageReader};
+use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader};
 use std::io::Cursor;
 use std::path::Path;
 
@@ -39,8 +41,14 @@ pub fn decode_resize(
     let reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| format!("cannot read: {e}"))?;
-    if reader.format().is_none() {
-        return Err("not an image (unrecognised format)".into());
+    match reader.format() {
+        None => return Err("not an image (unrecognised format)".into()),
+        Some(ImageFormat::Jpeg) => {
+            if let Some(why) = jpeg_truncation(bytes) {
+                return Err(why);
+            }
+        }
+        Some(_) => {}
     }
     let mut decoder = reader
         .into_decoder()
@@ -77,6 +85,71 @@ pub fn decode_resize(
         height: h as u32,
         upscaled: w.min(h) < side,
     })
+}
+
+/// Why a JPEG's data stops before its end-of-image marker, or `None` if it reaches it. zune-jpeg
+/// (lenient inside `image`, which offers no strict switch) fills a cut-off scan with grey and
+/// reports success, and its strict mode would also refuse complete files with harmless defects,
+/// so the marker structure is walked here: segments by their lengths, each scan's entropy-coded
+/// data up to the first marker that is not a restart, until EOI. Bytes after EOI (phones append
+/// videos there) are fine; stray bytes between segments are skipped, as decoders do.
+fn jpeg_truncation(b: &[u8]) -> Option<String> {
+    let cut = |place: &str| {
+        Some(format!(
+            "truncated: the file ends {place}, before the JPEG end-of-image marker \
+             ({} bytes; an interrupted download or copy?)",
+            b.len()
+        ))
+    };
+    let mut i = 2; // after SOI, which the format guess has seen
+    loop {
+        let Some(ff) = memchr::memchr(0xFF, &b[i..]) else {
+            return cut("between segments");
+        };
+        i += ff;
+        while b.get(i) == Some(&0xFF) {
+            i += 1;
+        }
+        let Some(&code) = b.get(i) else {
+            return cut("in a marker");
+        };
+        i += 1;
+        match code {
+            0xD9 => return None,
+            // No length follows: TEM, RSTn, SOI, and a stuffed zero outside a scan.
+            0x00 | 0x01 | 0xD0..=0xD8 => {}
+            _ => {
+                let Some(len) = b.get(i..i + 2).map(|l| u16::from_be_bytes([l[0], l[1]])) else {
+                    return cut("in a segment header");
+                };
+                i += len as usize;
+                if i > b.len() {
+                    return cut("inside a segment");
+                }
+                if code == 0xDA {
+                    // Start of scan: inside the data 0xFF is followed by a stuffed zero or a
+                    // restart marker; any other marker ends the scan.
+                    loop {
+                        let Some(ff) = memchr::memchr(0xFF, &b[i..]) else {
+                            return cut("inside the compressed image data");
+                        };
+                        let mut j = i + ff + 1;
+                        while b.get(j) == Some(&0xFF) {
+                            j += 1;
+                        }
+                        match b.get(j) {
+                            None => return cut("inside the compressed image data"),
+                            Some(0x00 | 0xD0..=0xD7) => i = j + 1,
+                            Some(_) => {
+                                i = j - 1;
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Decode + resize-shorter-side-to-`side` + centre crop of one image file (EXIF orientation

@@ -1,19 +1,23 @@
 //! `alexnet-cli prepare`: photos on disk → packed dataset (see `packed` for the format).
 //!
 //! Work is planned first (every file, its label and its shard), then shards are built in order,
-//! each by all cores, and renamed into place when complete. A re-run with the same inputs keeps
-//! every complete shard whose planned files (paths and sizes) and settings are unchanged and
-//! rebuilds the rest, so an interrupted run resumes; anything partial (`*.tmp`) is discarded.
-//! `meta.json` is written last: without it the directory is not a dataset.
+//! each by all cores, and renamed into place when complete. A shard's file name carries a key of
+//! its content (settings, planned files, and the keys of the split's earlier shards, whose images
+//! its duplicate detection depends on), so a re-run with the same inputs finds, checks and keeps
+//! every complete shard and rebuilds the rest (an interrupted run resumes; a damaged shard is
+//! rebuilt), while a run with other inputs writes beside the dataset already there instead of over
+//! it. `meta.json` is written last, by rename: until then OUT holds the previous dataset, whole;
+//! only after it are the files no longer listed removed. Anything partial (`*.tmp`) is discarded.
 
 use super::image_io::decode_resize;
 use super::packed::{
-    self, read_shard_header, write_atomic, write_shard, Meta, Planned, ShardHeader, Skip,
-    SplitMeta, StatsFile,
+    self, check_pixels, read_shard_header, write_atomic, write_shard, Meta, Planned, Recipe,
+    ShardHeader, Skip, SplitMeta, StatsMeta, ValSource,
 };
 use super::{compute_stats, Dataset, PackedDataset};
 use crate::rng::{hash, Rng};
 use crate::{Error, Result};
+use crc32fast::hash as crc32;
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 use std::collections::HashMap;
@@ -29,7 +33,8 @@ pub struct PrepareArgs {
     /// Training images: one folder per class (`SRC/<class>/*.jpg`, any depth below it). Classes
     /// are numbered in the sorted order of the folder names (ILSVRC: `train/`, with wnid folders).
     pub src: PathBuf,
-    /// Output directory (created; a previous, interrupted run there is resumed).
+    /// Output directory (created; a previous, interrupted run there is resumed). Inside SRC it is
+    /// left out of the input.
     pub out: PathBuf,
     /// Validation images: one folder per class like SRC, or a flat folder with --val-labels.
     #[arg(long, conflicts_with = "val_fraction")]
@@ -70,6 +75,11 @@ pub struct PrepareArgs {
     /// No progress bar and no printed summary.
     #[arg(long)]
     pub quiet: bool,
+    /// Replace a complete dataset in OUT that was made from another SRC or validation source, or
+    /// with another --side or EXIF choice (without it, that is refused). The old dataset stays
+    /// usable until the new one is complete, so OUT needs room for both meanwhile.
+    #[arg(long)]
+    pub overwrite: bool,
 }
 
 /// What `prepare` did.
@@ -79,8 +89,11 @@ pub struct PrepareSummary {
     pub classes: usize,
     pub train: usize,
     pub val: usize,
-    /// Files left out (unreadable, not an image, no label, unknown class...), listed in report.tsv.
+    /// Files left out (unreadable, truncated, not an image, no label, unknown class...), listed
+    /// in report.tsv.
     pub skipped: usize,
+    /// The first few of them, with the reason (the summary shows these).
+    pub skipped_examples: Vec<Skip>,
     /// Files whose content repeats an earlier file of the same split (stored once).
     pub duplicates: usize,
     /// Validation images whose content is also in the training split (kept, listed).
@@ -90,6 +103,8 @@ pub struct PrepareSummary {
     pub empty_classes: Vec<String>,
     pub shards_written: usize,
     pub shards_reused: usize,
+    /// Shards found damaged (or of an older format) and rebuilt, with the reason.
+    pub shards_rebuilt: Vec<String>,
     /// Images decoded in this run, and their rate.
     pub decoded: usize,
     pub seconds: f64,
@@ -126,6 +141,19 @@ impl std::fmt::Display for PrepareSummary {
             self.upscaled,
             self.empty_classes.len()
         )?;
+        for s in &self.skipped_examples {
+            write!(f, "\n    skipped {}: {}", s.path, s.reason)?;
+        }
+        if self.skipped > self.skipped_examples.len() {
+            write!(
+                f,
+                "\n    ... and {} more skipped",
+                self.skipped - self.skipped_examples.len()
+            )?;
+        }
+        for r in &self.shards_rebuilt {
+            write!(f, "\n  rebuilt {r}")?;
+        }
         if self.skipped + self.duplicates + self.val_in_train + self.upscaled > 0 {
             write!(f, "\n  details: {}", self.out.join("report.tsv").display())?;
         }
@@ -139,8 +167,14 @@ fn is_hidden(p: &Path) -> bool {
         .is_some_and(|n| n.starts_with('.'))
 }
 
-/// Every non-hidden regular file below `dir` (recursively), sorted, with its size.
-fn files_below(dir: &Path, out: &mut Vec<(PathBuf, u64)>) -> Result<()> {
+/// Whether `dir` is the output directory, which is never input (it may lie inside SRC).
+fn is_out(dir: &Path, out: &Path) -> bool {
+    dir.canonicalize().is_ok_and(|d| d == out)
+}
+
+/// Every non-hidden regular file below `dir` (recursively), sorted, with its size; `out` (the
+/// resolved output directory) is left out.
+fn files_below(dir: &Path, out: &Path, found: &mut Vec<(PathBuf, u64)>) -> Result<()> {
     let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|e| Error::io(dir, e))?
         .map(|e| e.map(|e| e.path()).map_err(|e| Error::io(dir, e)))
@@ -152,18 +186,23 @@ fn files_below(dir: &Path, out: &mut Vec<(PathBuf, u64)>) -> Result<()> {
         }
         let md = std::fs::metadata(&p).map_err(|e| Error::io(&p, e))?;
         if md.is_dir() {
-            files_below(&p, out)?;
+            if !is_out(&p, out) {
+                files_below(&p, out, found)?;
+            }
         } else if md.is_file() {
-            out.push((p, md.len()));
+            found.push((p, md.len()));
         }
     }
     Ok(())
 }
 
 /// Class folders of `root` (sorted) and the files in each; files directly in `root` are returned
-/// separately (they belong to no class).
+/// separately (they belong to no class). `out` (the resolved output directory) is left out.
 #[allow(clippy::type_complexity)]
-fn class_folders(root: &Path) -> Result<(Vec<(String, Vec<(PathBuf, u64)>)>, Vec<PathBuf>)> {
+fn class_folders(
+    root: &Path,
+    out: &Path,
+) -> Result<(Vec<(String, Vec<(PathBuf, u64)>)>, Vec<PathBuf>)> {
     let mut classes = Vec::new();
     let mut loose = Vec::new();
     let mut entries: Vec<PathBuf> = std::fs::read_dir(root)
@@ -176,12 +215,15 @@ fn class_folders(root: &Path) -> Result<(Vec<(String, Vec<(PathBuf, u64)>)>, Vec
             continue;
         }
         if p.is_dir() {
+            if is_out(&p, out) {
+                continue;
+            }
             let name = p
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
             let mut files = Vec::new();
-            files_below(&p, &mut files)?;
+            files_below(&p, out, &mut files)?;
             classes.push((name, files));
         } else {
             loose.push(p);
@@ -326,8 +368,9 @@ fn planned(path: &Path, size: u64, label: u32) -> Planned {
     }
 }
 
-fn plan(args: &PrepareArgs) -> Result<Plan> {
-    let (classes, loose) = class_folders(&args.src)?;
+/// `out` is the resolved output directory, left out of the input.
+fn plan(args: &PrepareArgs, out: &Path) -> Result<Plan> {
+    let (classes, loose) = class_folders(&args.src, out)?;
     if classes.is_empty() {
         return Err(Error::data(
             &args.src,
@@ -387,7 +430,7 @@ fn plan(args: &PrepareArgs) -> Result<Plan> {
             let mut files = Vec::new();
             for (p, s) in {
                 let mut all = Vec::new();
-                files_below(dir, &mut all)?;
+                files_below(dir, out, &mut all)?;
                 all
             } {
                 if p.parent() == Some(dir.as_path()) {
@@ -421,7 +464,7 @@ fn plan(args: &PrepareArgs) -> Result<Plan> {
             }
             v.sort_by(|a, b| (a.label, &a.path).cmp(&(b.label, &b.path)));
         } else {
-            let (vclasses, vloose) = class_folders(dir)?;
+            let (vclasses, vloose) = class_folders(dir, out)?;
             for p in &vloose {
                 fail_or_skip(
                     args.strict,
@@ -464,7 +507,7 @@ fn plan(args: &PrepareArgs) -> Result<Plan> {
     })
 }
 
-/// 64-bit content hash of a file's bytes (duplicate detection).
+/// 64-bit content hash of some bytes (duplicate detection of files, and the shard file keys).
 fn content_hash(bytes: &[u8]) -> u64 {
     let mut h = hash(bytes.len() as u64, 0x6475_7065);
     for chunk in bytes.chunks(8) {
@@ -502,6 +545,7 @@ struct SplitTotals {
     upscaled: Vec<String>,
     written: usize,
     reused: usize,
+    rebuilt: Vec<String>,
     decoded: usize,
 }
 
@@ -518,14 +562,32 @@ fn build_split(
     let exif = !args.no_exif;
     let mut t = SplitTotals::default();
     let mut names = Vec::new();
+    let mut key = 0;
     for (s, chunk) in items.chunks(args.shard_size).enumerate() {
-        let name = format!("{split}-{s:05}.pack");
+        let planned_json = serde_json::to_vec(&(packed::VERSION, args.side, exif, chunk))
+            .map_err(|e| Error::Config(e.to_string()))?;
+        key = hash(key, content_hash(&planned_json));
+        let name = format!("{split}-{s:05}-{key:016x}.pack");
         let path = args.out.join(&name);
         let reusable = match read_shard_header(&path) {
-            Ok(Some((h, _))) if h.side == args.side && h.exif == exif && h.planned == chunk => {
-                Some(h)
+            Ok(Some((h, offset)))
+                if h.side == args.side && h.exif == exif && h.planned == chunk =>
+            {
+                match check_pixels(&path, &h, offset) {
+                    Ok(()) => Some(h),
+                    Err(why) => {
+                        t.rebuilt.push(format!("{name}: {why}"));
+                        None
+                    }
+                }
             }
-            _ => None, // absent, stale or damaged: rebuild (the rename below replaces it)
+            Ok(None) => None,
+            // Another plan under the same name would take a 64-bit key collision.
+            Ok(Some(_)) => None,
+            Err(why) => {
+                t.rebuilt.push(format!("{name}: {why}"));
+                None
+            }
         };
         let header = if let Some(h) = reusable {
             bar.inc(chunk.len() as u64);
@@ -550,6 +612,7 @@ fn build_split(
                 skipped: Vec::new(),
                 duplicates: Vec::new(),
                 upscaled: Vec::new(),
+                checksums: Vec::new(),
             };
             // Dedup needs the hashes of every earlier shard of the split: built in order below.
             let mut images = Vec::new();
@@ -579,6 +642,7 @@ fn build_split(
                         }
                         h.kept.push(i);
                         h.hashes.push(d.hash);
+                        h.checksums.push(crc32(&img));
                         images.push(img);
                     }
                 }
@@ -606,21 +670,125 @@ fn build_split(
     Ok((t, names))
 }
 
-/// Removes our own leftovers: temporary files, and shards beyond the current plan.
-fn remove_stale(out: &Path, keep: &[String]) -> Result<()> {
+/// Whether `name` is a file `prepare` writes, other than `meta.json` and `report.tsv`: shards,
+/// mean images, format v1's `stats.json`, and their temporary files.
+fn is_ours(name: &str) -> bool {
+    let name = name.strip_suffix(".tmp").unwrap_or(name);
+    ((name.starts_with("train-") || name.starts_with("val-")) && name.ends_with(".pack"))
+        || (name.starts_with("mean") && name.ends_with(".bin"))
+        || name == "stats.json"
+        || name == "meta.json"
+        || name == "report.tsv"
+}
+
+/// Removes our files in `out` whose names `keep` refuses.
+fn remove_stale(out: &Path, keep: impl Fn(&str) -> bool) -> Result<()> {
     for e in std::fs::read_dir(out).map_err(|e| Error::io(out, e))? {
         let p = e.map_err(|e| Error::io(out, e))?.path();
         let Some(n) = p.file_name().and_then(|n| n.to_str()) else {
             continue;
         };
-        let ours = (n.starts_with("train-") || n.starts_with("val-"))
-            && (n.ends_with(".pack") || n.ends_with(".pack.tmp"));
-        let tmp = ours || n.ends_with(".json.tmp") || n == "mean.bin.tmp" || n == "report.tsv.tmp";
-        if (ours || tmp) && !keep.iter().any(|k| k == n) {
+        if is_ours(n) && !keep(n) {
             std::fs::remove_file(&p).map_err(|e| Error::io(&p, e))?;
         }
     }
     Ok(())
+}
+
+/// `p` absolute, with symlinks resolved as far as it exists (OUT may not exist yet).
+fn resolved(p: &Path) -> Result<PathBuf> {
+    let abs = std::path::absolute(p).map_err(|e| Error::io(p, e))?;
+    let mut existing = abs.as_path();
+    let mut rest = Vec::new();
+    loop {
+        if let Ok(c) = existing.canonicalize() {
+            return Ok(rest.iter().rev().fold(c, |acc, n| acc.join(n)));
+        }
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_owned());
+                existing = parent;
+            }
+            _ => return Ok(abs),
+        }
+    }
+}
+
+/// What this run would make its dataset from, and the resolved OUT. Refuses an OUT that is an
+/// input folder itself, or one inside an input folder that holds files of its own (they would
+/// silently stop being input).
+fn recipe(args: &PrepareArgs) -> Result<(Recipe, PathBuf)> {
+    let out = resolved(&args.out)?;
+    let src = resolved(&args.src)?;
+    let val_dir = args.val_dir.as_deref().map(resolved).transpose()?;
+    for input in std::iter::once(&src).chain(&val_dir) {
+        if *input == out {
+            return Err(Error::Config(format!(
+                "OUT {} is an input folder itself: its dataset files would be read as images; \
+                 choose an OUT outside it (or a new subfolder, which is left out of the input)",
+                args.out.display()
+            )));
+        }
+        if out.starts_with(input) && out.is_dir() {
+            let foreign = std::fs::read_dir(&out)
+                .map_err(|e| Error::io(&out, e))?
+                .filter_map(|e| e.ok().and_then(|e| e.file_name().into_string().ok()))
+                .find(|n| !is_ours(n));
+            if let Some(n) = foreign {
+                return Err(Error::Config(format!(
+                    "OUT {} is inside the input folder {} and holds other files (e.g. {n}): \
+                     prepare leaves OUT out of the input, so they would be lost from it; \
+                     choose a new or empty OUT",
+                    args.out.display(),
+                    input.display()
+                )));
+            }
+        }
+    }
+    let text = |p: &Path| p.to_string_lossy().into_owned();
+    let val = match (args.val_fraction, &val_dir) {
+        (Some(fraction), _) => ValSource::Fraction {
+            fraction,
+            seed: args.seed,
+        },
+        (None, Some(dir)) => ValSource::Dir {
+            dir: text(dir),
+            labels: args
+                .val_labels
+                .as_deref()
+                .map(resolved)
+                .transpose()?
+                .map(|l| text(&l)),
+        },
+        (None, None) => ValSource::None,
+    };
+    let recipe = Recipe {
+        src: text(&src),
+        val,
+        side: args.side,
+        exif: !args.no_exif,
+    };
+    Ok((recipe, out))
+}
+
+/// Refuses to replace a complete dataset in OUT made another way, unless `--overwrite`. An
+/// older-format or unreadable `meta.json` is no usable dataset to protect.
+fn check_existing(args: &PrepareArgs, recipe: &Recipe) -> Result<()> {
+    let Ok(meta) = packed::read_meta(&args.out) else {
+        return Ok(());
+    };
+    let differences = meta.recipe.differences(recipe);
+    if differences.is_empty() || args.overwrite {
+        return Ok(());
+    }
+    Err(Error::Config(format!(
+        "{} already holds a complete dataset ({} training images) made differently: {} \
+         (found vs this run). Choose another OUT, or add --overwrite to replace it (it stays \
+         usable until the new one is complete)",
+        args.out.display(),
+        meta.train.count,
+        differences.join("; ")
+    )))
 }
 
 fn synset_names(args: &PrepareArgs, class_ids: &[String]) -> Result<Vec<String>> {
@@ -659,15 +827,12 @@ pub fn prepare(args: &PrepareArgs) -> Result<PrepareSummary> {
 
 fn prepare_in_pool(args: &PrepareArgs) -> Result<PrepareSummary> {
     let t0 = Instant::now();
-    let plan = plan(args)?;
+    let (recipe, resolved_out) = recipe(args)?;
+    check_existing(args, &recipe)?;
+    let plan = plan(args, &resolved_out)?;
     std::fs::create_dir_all(&args.out).map_err(|e| Error::io(&args.out, e))?;
-    // The old meta.json would describe shards that are about to change.
-    match std::fs::remove_file(args.out.join("meta.json")) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            return Err(Error::io(args.out.join("meta.json"), e))
-        }
-        _ => {}
-    }
+    // Partial files of an interrupted run; everything complete stays until meta.json is replaced.
+    remove_stale(&args.out, |n| !n.ends_with(".tmp"))?;
     let total = plan.train.len() + plan.val.as_ref().map_or(0, |v| v.len());
     let bar = if args.quiet {
         ProgressBar::hidden()
@@ -712,45 +877,44 @@ fn prepare_in_pool(args: &PrepareArgs) -> Result<PrepareSummary> {
         val = v;
     }
     bar.finish_and_clear();
-    remove_stale(&args.out, &keep)?;
     if train.count == 0 {
         return Err(Error::data(&args.src, "no training image could be read"));
     }
 
     let class_names = synset_names(args, &plan.class_ids)?;
+    let train_meta = SplitMeta {
+        count: train.count,
+        shards: train_shards,
+    };
+    // Exact stats over every finished training shard, read back through the dataset itself.
+    let ds = PackedDataset::open_shards(&args.out, args.side, &class_names, &train_meta)?;
+    let stats = compute_stats(&ds, None)?;
+    let mean: Vec<u8> = stats.mean.iter().flat_map(|v| v.to_le_bytes()).collect();
+    // Named after the shards it belongs to, so it never replaces the current dataset's mean.
+    let mean_file = format!("mean-{:016x}.bin", content_hash(keep.join("\n").as_bytes()));
+    write_atomic(&args.out.join(&mean_file), |w| w.write_all(&mean))?;
+    keep.push(mean_file.clone());
     let meta = Meta {
         format: packed::FORMAT.into(),
         version: packed::VERSION,
+        recipe,
         side: args.side,
         class_ids: plan.class_ids.clone(),
         class_names,
-        train: SplitMeta {
-            count: train.count,
-            shards: train_shards,
-        },
+        train: train_meta,
         val: val_meta,
         resample: "Catmull-Rom bicubic, antialiased (kernel widened by the downscale factor), exact centre crop".into(),
         exif_orientation: !args.no_exif,
-    };
-    // Exact stats over every finished training shard, read back through the dataset itself.
-    let ds = PackedDataset::open_shards(&args.out, &meta, &meta.train)?;
-    let stats = compute_stats(&ds, None)?;
-    write_atomic(&args.out.join("mean.bin"), |w| {
-        for v in &stats.mean {
-            w.write_all(&v.to_le_bytes())?;
-        }
-        Ok(())
-    })?;
-    write_json(
-        &args.out.join("stats.json"),
-        &StatsFile {
-            side: args.side,
+        stats: StatsMeta {
             images: ds.len() as u64,
             eigval: stats.eigval,
             eigvec: stats.eigvec,
-            mean_file: "mean.bin".into(),
+            mean_file,
+            mean_checksum: crc32(&mean),
         },
-    )?;
+    };
+    // The switch: before this rename OUT holds the previous dataset, after it the new one.
+    write_json(&args.out.join("meta.json"), &meta)?;
 
     let mut report = String::from("split\tkind\tpath\treason\n");
     let mut line = |split: &str, kind: &str, s: &Skip| {
@@ -791,8 +955,8 @@ fn prepare_in_pool(args: &PrepareArgs) -> Result<PrepareSummary> {
     write_atomic(&args.out.join("report.tsv"), |w| {
         w.write_all(report.as_bytes())
     })?;
-    // meta.json last: the dataset is complete only now.
-    write_json(&args.out.join("meta.json"), &meta)?;
+    keep.extend(["meta.json".to_string(), "report.tsv".to_string()]);
+    remove_stale(&args.out, |n| keep.iter().any(|k| k == n))?;
 
     let seconds = t0.elapsed().as_secs_f64();
     let decoded = train.decoded + val.decoded;
@@ -803,12 +967,22 @@ fn prepare_in_pool(args: &PrepareArgs) -> Result<PrepareSummary> {
         train: train.count,
         val: val.count,
         skipped: plan.skipped.len() + train.skipped.len() + val.skipped.len(),
+        skipped_examples: plan
+            .skipped
+            .iter()
+            .map(|(_, s)| s)
+            .chain(&train.skipped)
+            .chain(&val.skipped)
+            .take(5)
+            .cloned()
+            .collect(),
         duplicates: train.duplicates.len() + val.duplicates.len(),
         val_in_train: val_in_train.len(),
         upscaled: train.upscaled.len() + val.upscaled.len(),
         empty_classes: plan.empty_classes,
         shards_written: train.written + val.written,
         shards_reused: train.reused + val.reused,
+        shards_rebuilt: train.rebuilt.into_iter().chain(val.rebuilt).collect(),
         decoded,
         seconds,
         images_per_s: decoded as f64 / seconds.max(1e-9),
