@@ -11,6 +11,7 @@ pub mod error;
 pub mod eval;
 pub mod metrics;
 pub mod model;
+pub mod netfile;
 pub mod parallel;
 pub mod plot;
 pub mod rng;
