@@ -134,9 +134,10 @@ pub enum Net {
     /// The paper's one-column comparison net (footnote 2): half the kernels in conv1..conv4,
     /// full conv5 and FC layers.
     OneColumn,
-    /// cuda-convnet's CIFAR-10 net (layers-18pct, without its LRN): three 5x5 convolutions with
-    /// max and average pooling and one classifier layer, for 32x32 inputs.
+    /// cuda-convnet's CIFAR-10 net (layers-18pct, without its response normalisation): three
+    /// 5x5 convolutions with max and average pooling and one classifier layer, for 32x32 inputs.
     Cifar10,
+    /// A net file's table.
     Table(Table),
 }
 
@@ -298,9 +299,10 @@ impl ArchConfig {
         rows
     }
 
-    /// cuda-convnet's layers-18pct.cfg (Krizhevsky's CIFAR-10 net) without its two LRN layers:
-    /// its weight std per layer (1e-4 for conv1, 0.01 after), zero biases, and its order of
-    /// pooling before the ReLU in the first block.
+    /// cuda-convnet's layers-18pct.cfg (Krizhevsky's CIFAR-10 net) without its two response
+    /// normalisation layers: its weight std per layer (1e-4 for conv1, 0.01 after), zero biases,
+    /// and its order of pooling before the ReLU in the first block. Its pools are floor-mode here
+    /// (32 -> 15 -> 7 -> 3 maps; cuda-convnet's give 16 -> 8 -> 4).
     fn cifar10(&self) -> Vec<Layer> {
         let row = |name: &str, kind: Kind| Layer {
             name: name.to_string(),
