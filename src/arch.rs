@@ -448,6 +448,9 @@ impl ArchConfig {
     }
 }
 
+/// A row's output shape, parameters, forward multiply-adds and (conv) geometry.
+type RowCost = (Dims, u64, u64, Option<ConvShape>);
+
 /// One row's output shape, parameters and multiply-adds from its input (`in_columns` columns),
 /// or an error naming the layer when its settings or its input's size do not fit it.
 fn plan_row(
@@ -456,67 +459,16 @@ fn plan_row(
     in_columns: usize,
     input_size: usize,
 ) -> Result<PlannedLayer> {
-    let fail = |msg: String| Error::Config(format!("layer {}: {msg}", layer.name));
-    let too_small = |what: String| {
-        fail(format!(
-            "gets {}x{} maps, smaller than its {what}: input size {input_size} is too small \
-             for this net",
-            input.h, input.w
-        ))
-    };
+    let fail = |msg: String| row_error(&layer, msg);
     let (output, params, macs, conv) = match layer.kind {
-        Kind::Conv {
-            out: c_out,
-            k,
-            stride,
-            pad,
-            ..
-        } => {
-            if c_out == 0 || k == 0 || stride == 0 {
-                return Err(fail(
-                    "out, kernel size and stride must be at least 1".into(),
-                ));
-            }
-            let groups = if layer.reads_all_columns {
-                1
-            } else {
-                in_columns
-            };
-            if !input.c.is_multiple_of(groups) || !c_out.is_multiple_of(groups) {
-                return Err(fail(format!(
-                    "reads only its own column, but its {} input and {c_out} output channels \
-                     do not split into {groups} columns",
-                    input.c
-                )));
-            }
-            if input.h + 2 * pad < k || input.w + 2 * pad < k {
-                return Err(too_small(format!("{k}x{k} kernel (padding {pad})")));
-            }
-            let s = ConvShape {
-                n: 1,
-                c_in: input.c,
-                h: input.h,
-                w: input.w,
-                c_out,
-                kh: k,
-                kw: k,
-                stride,
-                pad,
-                groups,
-            };
-            let output = Dims {
-                c: c_out,
-                h: s.h_out(),
-                w: s.w_out(),
-            };
-            (output, (s.w_len() + c_out) as u64, s.macs(), Some(s))
-        }
+        Kind::Conv { .. } => plan_conv(&layer, input, in_columns, input_size)?,
         Kind::MaxPool { size, stride } | Kind::AvgPool { size, stride } => {
             if size == 0 || stride == 0 {
                 return Err(fail("window size and stride must be at least 1".into()));
             }
             if input.h < size || input.w < size {
-                return Err(too_small(format!("{size}x{size} pooling window")));
+                let what = format!("{size}x{size} pooling window");
+                return Err(too_small(&layer, input, input_size, &what));
             }
             let output = Dims {
                 c: input.c,
@@ -535,12 +487,8 @@ fn plan_row(
                 h: 1,
                 w: 1,
             };
-            (
-                output,
-                ((d_in + 1) * d_out) as u64,
-                (d_in * d_out) as u64,
-                None,
-            )
+            let (params, macs) = ((d_in + 1) * d_out, d_in * d_out);
+            (output, params as u64, macs as u64, None)
         }
         Kind::Lrn {
             params,
@@ -568,6 +516,80 @@ fn plan_row(
         macs,
         conv,
     })
+}
+
+/// An error naming the layer.
+fn row_error(layer: &Layer, msg: String) -> Error {
+    Error::Config(format!("layer {}: {msg}", layer.name))
+}
+
+/// The layer's input maps are smaller than its window `what`: the input is too small for the net.
+fn too_small(layer: &Layer, input: Dims, input_size: usize, what: &str) -> Error {
+    row_error(
+        layer,
+        format!(
+            "gets {}x{} maps, smaller than its {what}: input size {input_size} is too small for \
+             this net",
+            input.h, input.w
+        ),
+    )
+}
+
+/// A convolution row's cost: grouped by the input's columns unless it reads all of them.
+fn plan_conv(layer: &Layer, input: Dims, in_columns: usize, input_size: usize) -> Result<RowCost> {
+    let Kind::Conv {
+        out: c_out,
+        k,
+        stride,
+        pad,
+        ..
+    } = layer.kind
+    else {
+        unreachable!("plan_conv on a non-conv row")
+    };
+    if c_out == 0 || k == 0 || stride == 0 {
+        return Err(row_error(
+            layer,
+            "out, kernel size and stride must be at least 1".into(),
+        ));
+    }
+    let groups = if layer.reads_all_columns {
+        1
+    } else {
+        in_columns
+    };
+    if !input.c.is_multiple_of(groups) || !c_out.is_multiple_of(groups) {
+        return Err(row_error(
+            layer,
+            format!(
+                "reads only its own column, but its {} input and {c_out} output channels do not \
+             split into {groups} columns",
+                input.c
+            ),
+        ));
+    }
+    if input.h + 2 * pad < k || input.w + 2 * pad < k {
+        let what = format!("{k}x{k} kernel (padding {pad})");
+        return Err(too_small(layer, input, input_size, &what));
+    }
+    let s = ConvShape {
+        n: 1,
+        c_in: input.c,
+        h: input.h,
+        w: input.w,
+        c_out,
+        kh: k,
+        kw: k,
+        stride,
+        pad,
+        groups,
+    };
+    let output = Dims {
+        c: c_out,
+        h: s.h_out(),
+        w: s.w_out(),
+    };
+    Ok((output, (s.w_len() + c_out) as u64, s.macs(), Some(s)))
 }
 
 /// A row with its shapes worked out for one image.

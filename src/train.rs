@@ -81,7 +81,11 @@ pub struct TrainArgs {
     /// A net file instead of a preset: TOML (or JSON, by its .json extension) with one section
     /// per layer, its kind, shape and initialisation (see docs/ARCHITECTURE.md). Its last layer
     /// must be fully connected with as many outputs as the data has classes.
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["preset", "cross_column", "lrn_alpha_over_n"])]
+    #[arg(
+        long,
+        value_name = "FILE",
+        conflicts_with_all = ["preset", "cross_column", "lrn_alpha_over_n"]
+    )]
     pub net: Option<PathBuf>,
     /// Model parallelism as in Section 3.2: run each column (the paper's GPU) on its own GPU,
     /// N of them (implies --device cuda): GPUs --gpu, --gpu+1, ...; with fewer GPUs than N,
