@@ -123,6 +123,13 @@ anc_status anc_maxpool_backward(anc_ctx *ctx, int64_t nc, int64_t h, int64_t w, 
                                 int64_t stride, const float *x, const float *dy, float *dx,
                                 int32_t *first);
 
+/* ---- average pooling (no padding; the windows of max pooling) ---- */
+anc_status anc_avgpool_forward(anc_ctx *ctx, int64_t nc, int64_t h, int64_t w, int64_t size,
+                               int64_t stride, const float *x, float *y);
+/* dx = each dy / size^2, summed over the windows that hold the input */
+anc_status anc_avgpool_backward(anc_ctx *ctx, int64_t nc, int64_t h, int64_t w, int64_t size,
+                                int64_t stride, const float *dy, float *dx);
+
 /* ---- softmax, cross-entropy, top-k ---- */
 /* probs[N,K] = softmax(logits) */
 anc_status anc_softmax(anc_ctx *ctx, int64_t n, int64_t classes, const float *logits,

@@ -1,4 +1,5 @@
-// Bias, fully connected (cuBLAS), LRN, max pooling, softmax / cross-entropy, label rank (top-k).
+// Bias, fully connected (cuBLAS), LRN, max and average pooling, softmax / cross-entropy, label
+// rank (top-k).
 #include "common.cuh"
 
 // ---------------------------------------------------------------------------------------------
@@ -249,6 +250,73 @@ extern "C" anc_status anc_maxpool_backward(anc_ctx *ctx, int64_t nc, int64_t h, 
     LAUNCH_INDEXED(maxpool_backward_kernel, total, anc_blocks(total), total, (int)h, (int)w,
                    (int)ho, (int)wo, (int)size, (int)stride, first, dy, dx);
     LAUNCH_CHECK("maxpool_backward");
+    return anc_ok();
+}
+
+// ---------------------------------------------------------------------------------------------
+// average pooling, no padding (the windows of max pooling)
+
+// y[NC,Ho,Wo] = sum of each size x size window of x[NC,H,W], times 1/size^2
+template <typename I>
+__global__ void avgpool_forward_kernel(I total, int h, int w, int ho, int wo, int size,
+                                       int stride, const float *x, float *y) {
+    GRID_STRIDE_T(I, i, total) {
+        int ow = (int)(i % wo);
+        I t = i / wo;
+        int oh = (int)(t % ho);
+        I plane = t / ho;
+        const float *base = x + (size_t)plane * h * w;
+        int h0 = oh * stride, w0 = ow * stride;
+        float sum = 0.0f;
+        for (int a = 0; a < size; ++a)
+            for (int b = 0; b < size; ++b) sum += base[(h0 + a) * w + (w0 + b)];
+        y[i] = sum * (1.0f / (float)(size * size));
+    }
+}
+
+// dx[NC,H,W]: gathers dy/size^2 from every window holding the input (as max pooling's backward
+// finds them), so no atomics and a fixed summation order.
+template <typename I>
+__global__ void avgpool_backward_kernel(I total, int h, int w, int ho, int wo, int size,
+                                        int stride, const float *dy, float *dx) {
+    GRID_STRIDE_T(I, i, total) {
+        int col = (int)(i % w);
+        I t = i / w;
+        int row = (int)(t % h);
+        I plane = t / h;
+        int oh_lo = row < size ? 0 : (row - size) / stride + 1;
+        int oh_hi = row / stride < ho - 1 ? row / stride : ho - 1;
+        int ow_lo = col < size ? 0 : (col - size) / stride + 1;
+        int ow_hi = col / stride < wo - 1 ? col / stride : wo - 1;
+        float acc = 0.0f;
+        for (int oh = oh_lo; oh <= oh_hi; ++oh)
+            for (int ow = ow_lo; ow <= ow_hi; ++ow) acc += dy[(plane * ho + oh) * wo + ow];
+        dx[i] = acc * (1.0f / (float)(size * size));
+    }
+}
+
+extern "C" anc_status anc_avgpool_forward(anc_ctx *ctx, int64_t nc, int64_t h, int64_t w,
+                                          int64_t size, int64_t stride, const float *x, float *y) {
+    int64_t ho = (h - size) / stride + 1, wo = (w - size) / stride + 1;
+    size_t total = (size_t)(nc * ho * wo);
+    if (total == 0) return anc_ok();
+    ENTER(ctx);
+    LAUNCH_INDEXED(avgpool_forward_kernel, total, anc_blocks(total), total, (int)h, (int)w,
+                   (int)ho, (int)wo, (int)size, (int)stride, x, y);
+    LAUNCH_CHECK("avgpool_forward");
+    return anc_ok();
+}
+
+extern "C" anc_status anc_avgpool_backward(anc_ctx *ctx, int64_t nc, int64_t h, int64_t w,
+                                           int64_t size, int64_t stride, const float *dy,
+                                           float *dx) {
+    int64_t ho = (h - size) / stride + 1, wo = (w - size) / stride + 1;
+    size_t total = (size_t)(nc * h * w);
+    if (total == 0) return anc_ok();
+    ENTER(ctx);
+    LAUNCH_INDEXED(avgpool_backward_kernel, total, anc_blocks(total), total, (int)h, (int)w,
+                   (int)ho, (int)wo, (int)size, (int)stride, dy, dx);
+    LAUNCH_CHECK("avgpool_backward");
     return anc_ok();
 }
 

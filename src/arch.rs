@@ -1,11 +1,30 @@
 //! The architecture as data (Section 3.5, Figure 2): one row per layer, as cuda-convnet describes
-//! its nets in a layer file. The model executes this table; `alexnet-cli summary` prints it.
+//! its nets in a layer file. A row says everything about its layer: what it computes with its own
+//! settings (kernel, window, LRN constants, initialisation), how many columns (the paper's GPUs)
+//! it is split into and which columns of its input it reads. The built-in nets (`paper`,
+//! `one-column`, `cifar10`) are such tables, and so is a net file read by [`crate::netfile`]. The
+//! model executes the table; `alexnet-cli summary` prints it.
 
 use crate::engine::{ConvShape, LrnParams};
 use crate::error::{Error, Result};
 
-/// What a row computes.
-#[derive(Clone, Copy, Debug, PartialEq)]
+/// How a weighted row's parameters start: weights drawn from N(0, std^2), biases all `bias`.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ParamInit {
+    /// f64 because the weights are drawn in f64 and then rounded: an f32 std would change them.
+    pub std: f64,
+    pub bias: f32,
+}
+
+impl ParamInit {
+    /// Section 5: "from a zero-mean Gaussian distribution with standard deviation 0.01".
+    pub const fn paper(bias: f32) -> ParamInit {
+        ParamInit { std: 0.01, bias }
+    }
+}
+
+/// What a row computes, with the settings that belong to it.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Kind {
     /// `out` kernels of `k x k`, stride, zero padding. Groups come from the column wiring.
     Conv {
@@ -13,24 +32,55 @@ pub enum Kind {
         k: usize,
         stride: usize,
         pad: usize,
+        init: ParamInit,
     },
     Relu,
-    /// Cross-channel LRN within each column.
-    Lrn,
+    Tanh,
+    /// Cross-channel LRN. Within each column (the paper: each GPU normalises its own maps), or,
+    /// with `across_columns`, over all the row's maps (Caffe's one-device AlexNet).
+    Lrn {
+        params: LrnParams,
+        across_columns: bool,
+    },
     MaxPool {
+        size: usize,
+        stride: usize,
+    },
+    AvgPool {
         size: usize,
         stride: usize,
     },
     /// Fully connected to `out` units (the input is flattened in C,H,W order).
     Fc {
         out: usize,
+        init: ParamInit,
     },
     /// Dropout with drop probability from the config.
     Dropout,
 }
 
+impl Kind {
+    /// Whether the row owns a weight and a bias.
+    pub fn is_weighted(&self) -> bool {
+        matches!(self, Kind::Conv { .. } | Kind::Fc { .. })
+    }
+
+    /// Whether the row overwrites its input instead of writing a new buffer.
+    pub fn is_in_place(&self) -> bool {
+        matches!(self, Kind::Relu | Kind::Tanh | Kind::Dropout)
+    }
+
+    /// The weighted rows' initialisation.
+    pub fn init(&self) -> Option<ParamInit> {
+        match *self {
+            Kind::Conv { init, .. } | Kind::Fc { init, .. } => Some(init),
+            _ => None,
+        }
+    }
+}
+
 /// One row of the table.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Layer {
     pub name: String,
     pub kind: Kind,
@@ -66,37 +116,88 @@ impl Dims {
     }
 }
 
-/// Which table to build.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum Preset {
+/// A layer table read from a net file (`--net`), kept whole so that a checkpoint carries it.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Table {
+    /// What the file calls the net (else the file's name), for messages and the summary.
+    pub name: String,
+    /// The input side the file was written for, if it says; `summary` uses it by default.
+    pub input_size: Option<usize>,
+    pub layers: Vec<Layer>,
+}
+
+/// Which layer table: a built-in one or a net file's.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub enum Net {
     /// The paper's two-column net (Figure 2).
     Paper,
     /// The paper's one-column comparison net (footnote 2): half the kernels in conv1..conv4,
     /// full conv5 and FC layers.
     OneColumn,
+    /// cuda-convnet's CIFAR-10 net (layers-18pct, without its response normalisation): three
+    /// 5x5 convolutions with max and average pooling and one classifier layer, for 32x32 inputs.
+    Cifar10,
+    /// A net file's table.
+    Table(Table),
+}
+
+impl Net {
+    /// A short name for messages: "paper", "one-column", "cifar10" or the net file's name.
+    pub fn label(&self) -> &str {
+        match self {
+            Net::Paper => "paper",
+            Net::OneColumn => "one-column",
+            Net::Cifar10 => "cifar10",
+            Net::Table(t) => &t.name,
+        }
+    }
+
+    /// The input side the net is meant for: 227 for the paper's nets, 32 for CIFAR-10's, a net
+    /// file's own (else 227).
+    pub fn default_input_size(&self) -> usize {
+        match self {
+            Net::Cifar10 => 32,
+            Net::Table(t) => t.input_size.unwrap_or(227),
+            Net::Paper | Net::OneColumn => 227,
+        }
+    }
+
+    /// The class count the net is meant for: ImageNet's 1000, CIFAR-10's 10, or the width of a
+    /// net file's last row.
+    pub fn default_classes(&self) -> usize {
+        match self {
+            Net::Cifar10 => 10,
+            Net::Table(t) => match t.layers.last().map(|l| l.kind) {
+                Some(Kind::Fc { out, .. }) => out,
+                _ => 1000,
+            },
+            Net::Paper | Net::OneColumn => 1000,
+        }
+    }
 }
 
 /// Everything that determines the network's function.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ArchConfig {
-    pub preset: Preset,
+    /// The layer table. (Checkpoints of format 1 called this `preset`.)
+    #[serde(alias = "preset")]
+    pub net: Net,
+    /// Width of the last row, the classifier: the built-in nets are built for it; a net file's
+    /// last row must have this many outputs.
     pub classes: usize,
     /// Input height = width. 227 makes conv1's 55x55 exact (the paper's "224" does not).
     pub input_size: usize,
-    pub lrn_size: usize,
-    pub lrn_alpha: f32,
-    pub lrn_beta: f32,
-    pub lrn_k: f32,
-    pub lrn_alpha_over_n: bool,
-    /// Drop probability in fc6 and fc7.
+    /// The LRN rows' constants in the built-in nets (a net file's LRN rows carry their own).
+    pub lrn: LrnParams,
+    /// Drop probability of every dropout row (the paper's: fc6 and fc7).
     pub dropout: f32,
     /// true: keep at train time unscaled, multiply by (1-p) at test time (the paper, Section
     /// 4.2). false: "inverted" dropout, scale by 1/(1-p) at train time (PyTorch, Caffe).
     pub dropout_paper_scaling: bool,
-    /// Which of conv2..conv5, fc6..fc8 read all columns of their input (the rest read only
-    /// their own column; conv1 reads the image). The paper: "choosing the pattern of
-    /// connectivity is a problem for cross-validation". Fully connected layers always read all
-    /// columns.
+    /// In the built-in two-column net: which of conv2..conv5, fc6..fc8 read all columns of their
+    /// input (the rest read only their own column; conv1 reads the image). The paper: "choosing
+    /// the pattern of connectivity is a problem for cross-validation". Fully connected layers
+    /// always read all columns. A net file's rows say it themselves.
     #[serde(default = "paper_cross_column")]
     pub cross_column: Vec<String>,
 }
@@ -104,14 +205,10 @@ pub struct ArchConfig {
 impl Default for ArchConfig {
     fn default() -> Self {
         ArchConfig {
-            preset: Preset::Paper,
+            net: Net::Paper,
             classes: 1000,
             input_size: 227,
-            lrn_size: 5,
-            lrn_alpha: 1e-4,
-            lrn_beta: 0.75,
-            lrn_k: 2.0,
-            lrn_alpha_over_n: false,
+            lrn: LrnParams::PAPER,
             dropout: 0.5,
             dropout_paper_scaling: true,
             cross_column: paper_cross_column(),
@@ -120,79 +217,161 @@ impl Default for ArchConfig {
 }
 
 impl ArchConfig {
-    pub fn lrn(&self) -> LrnParams {
-        LrnParams {
-            size: self.lrn_size,
-            alpha: self.lrn_alpha,
-            beta: self.lrn_beta,
-            k: self.lrn_k,
-            alpha_over_n: self.lrn_alpha_over_n,
+    /// `net` with everything else the paper's, and the net's own class count and input size
+    /// unless given.
+    pub fn for_net(net: Net, classes: Option<usize>, input_size: Option<usize>) -> ArchConfig {
+        ArchConfig {
+            classes: classes.unwrap_or_else(|| net.default_classes()),
+            input_size: input_size.unwrap_or_else(|| net.default_input_size()),
+            net,
+            ..ArchConfig::default()
         }
     }
 
     /// How many columns (the paper's GPUs) every layer is split into.
     pub fn columns(&self) -> usize {
-        match self.preset {
-            Preset::Paper => 2,
-            Preset::OneColumn => 1,
-        }
+        self.layers().first().map_or(1, |l| l.columns)
     }
 
     /// The layer table for this config.
     pub fn layers(&self) -> Vec<Layer> {
-        let (c1, c2, c3, c4) = match self.preset {
-            Preset::Paper => (96, 256, 384, 384),
-            Preset::OneColumn => (48, 128, 192, 192),
-        };
-        let cols = self.columns();
-        // conv1 reads the image, which every column sees whole.
+        match &self.net {
+            Net::Paper => self.alexnet([96, 256, 384, 384], 2),
+            Net::OneColumn => self.alexnet([48, 128, 192, 192], 1),
+            Net::Cifar10 => self.cifar10(),
+            Net::Table(t) => t.layers.clone(),
+        }
+    }
+
+    /// The paper's net with `widths` kernels in conv1..conv4 over `cols` columns: Section 3.5's
+    /// table, Section 5's initialisation (biases 1 in conv2, conv4, conv5 and the hidden fully
+    /// connected layers, "to accelerate the early stages of learning"; 0 elsewhere).
+    fn alexnet(&self, widths: [usize; 4], cols: usize) -> Vec<Layer> {
+        let [c1, c2, c3, c4] = widths;
         let row = |name: &str, kind: Kind| Layer {
             name: name.to_string(),
             kind,
             columns: cols,
-            reads_all_columns: name == "conv1" || self.cross_column.iter().any(|c| c == name),
+            reads_all_columns: self.cross_column.iter().any(|c| c == name),
         };
-        let conv = |out, k, stride, pad| Kind::Conv {
+        let conv = |out, k, stride, pad, bias| Kind::Conv {
             out,
             k,
             stride,
             pad,
+            init: ParamInit::paper(bias),
+        };
+        let fc = |out, bias| Kind::Fc {
+            out,
+            init: ParamInit::paper(bias),
+        };
+        let lrn = Kind::Lrn {
+            params: self.lrn,
+            across_columns: false,
         };
         let pool = Kind::MaxPool { size: 3, stride: 2 };
-        vec![
-            row("conv1", conv(c1, 11, 4, 0)),
+        let mut rows = vec![
+            row("conv1", conv(c1, 11, 4, 0, 0.0)),
             row("relu1", Kind::Relu),
-            row("lrn1", Kind::Lrn),
+            row("lrn1", lrn),
             row("pool1", pool),
-            row("conv2", conv(c2, 5, 1, 2)),
+            row("conv2", conv(c2, 5, 1, 2, 1.0)),
             row("relu2", Kind::Relu),
-            row("lrn2", Kind::Lrn),
+            row("lrn2", lrn),
             row("pool2", pool),
-            row("conv3", conv(c3, 3, 1, 1)),
+            row("conv3", conv(c3, 3, 1, 1, 0.0)),
             row("relu3", Kind::Relu),
-            row("conv4", conv(c4, 3, 1, 1)),
+            row("conv4", conv(c4, 3, 1, 1, 1.0)),
             row("relu4", Kind::Relu),
-            row("conv5", conv(256, 3, 1, 1)),
+            row("conv5", conv(256, 3, 1, 1, 1.0)),
             row("relu5", Kind::Relu),
             row("pool5", pool),
-            row("fc6", Kind::Fc { out: 4096 }),
+            row("fc6", fc(4096, 1.0)),
             row("relu6", Kind::Relu),
             row("drop6", Kind::Dropout),
-            row("fc7", Kind::Fc { out: 4096 }),
+            row("fc7", fc(4096, 1.0)),
             row("relu7", Kind::Relu),
             row("drop7", Kind::Dropout),
-            row("fc8", Kind::Fc { out: self.classes }),
+            row("fc8", fc(self.classes, 0.0)),
+        ];
+        // The first row reads the image, which every column sees whole.
+        rows[0].reads_all_columns = true;
+        rows
+    }
+
+    /// cuda-convnet's layers-18pct.cfg (Krizhevsky's CIFAR-10 net) without its two response
+    /// normalisation layers: its weight std per layer (1e-4 for conv1, 0.01 after), zero biases,
+    /// and its order of pooling before the ReLU in the first block. Its pools are floor-mode here
+    /// (32 -> 15 -> 7 -> 3 maps; cuda-convnet's give 16 -> 8 -> 4).
+    fn cifar10(&self) -> Vec<Layer> {
+        let row = |name: &str, kind: Kind| Layer {
+            name: name.to_string(),
+            kind,
+            columns: 1,
+            reads_all_columns: true,
+        };
+        let conv = |out, std| Kind::Conv {
+            out,
+            k: 5,
+            stride: 1,
+            pad: 2,
+            init: ParamInit { std, bias: 0.0 },
+        };
+        let max = Kind::MaxPool { size: 3, stride: 2 };
+        let avg = Kind::AvgPool { size: 3, stride: 2 };
+        vec![
+            row("conv1", conv(32, 1e-4)),
+            row("pool1", max),
+            row("relu1", Kind::Relu),
+            row("conv2", conv(32, 0.01)),
+            row("relu2", Kind::Relu),
+            row("pool2", avg),
+            row("conv3", conv(64, 0.01)),
+            row("relu3", Kind::Relu),
+            row("pool3", avg),
+            row(
+                "fc10",
+                Kind::Fc {
+                    out: self.classes,
+                    init: ParamInit::paper(0.0),
+                },
+            ),
         ]
     }
 
-    /// Shapes, parameters and multiply-adds of every row, checking that the geometry works out
-    /// (e.g. an input too small for three poolings is a clear error, not a panic).
+    /// Shapes, parameters and multiply-adds of every row, checking that the table holds together
+    /// (settings, wiring, and a geometry where every layer's output is at least 1x1): a clear
+    /// error naming the layer, never a panic.
     pub fn plan(&self) -> Result<Vec<PlannedLayer>> {
+        self.check_settings()?;
+        let layers = self.layers();
+        self.check_wiring(&layers)?;
+        let mut dims = Dims {
+            c: 3,
+            h: self.input_size,
+            w: self.input_size,
+        };
+        let mut in_columns = 1;
+        let mut out = Vec::new();
+        for layer in layers {
+            let planned = plan_row(layer, dims, in_columns, self.input_size)?;
+            dims = planned.output;
+            in_columns = planned.layer.columns;
+            out.push(planned);
+        }
+        self.check_classifier(&out)?;
+        Ok(out)
+    }
+
+    fn check_settings(&self) -> Result<()> {
         if self.classes < 2 {
             return Err(Error::Config(format!(
                 "--classes must be at least 2 (got {})",
                 self.classes
             )));
+        }
+        if self.input_size == 0 {
+            return Err(Error::Config("the input size must be at least 1".into()));
         }
         if !(0.0..1.0).contains(&self.dropout) {
             return Err(Error::Config(format!(
@@ -200,17 +379,41 @@ impl ArchConfig {
                 self.dropout
             )));
         }
-        let layers = self.layers();
-        for name in &self.cross_column {
-            let known = layers.iter().any(|l| {
-                &l.name == name
-                    && l.name != "conv1"
-                    && matches!(l.kind, Kind::Conv { .. } | Kind::Fc { .. })
-            });
-            if !known {
+        Ok(())
+    }
+
+    /// Names unique, one column count throughout, the built-in net's cross-column list naming its
+    /// weighted rows, and fully connected rows reading all columns.
+    fn check_wiring(&self, layers: &[Layer]) -> Result<()> {
+        let Some(first) = layers.first() else {
+            return Err(Error::Config(format!(
+                "net {} has no layers",
+                self.net.label()
+            )));
+        };
+        for (i, l) in layers.iter().enumerate() {
+            if layers[..i].iter().any(|m| m.name == l.name) {
+                return Err(Error::Config(format!("two layers are named {:?}", l.name)));
+            }
+            if l.columns == 0 || l.columns != first.columns {
                 return Err(Error::Config(format!(
-                    "cross-column layer {name:?} is not one of conv2..conv5, fc6..fc8"
+                    "layer {}: {} columns, but {} has {} (a net has one column count \
+                     throughout)",
+                    l.name, l.columns, first.name, first.columns
                 )));
+            }
+        }
+        // The cross-column list is how the paper's nets are wired; the others' rows say it.
+        if matches!(self.net, Net::Paper | Net::OneColumn) {
+            for name in &self.cross_column {
+                let known = layers[1..]
+                    .iter()
+                    .any(|l| &l.name == name && l.kind.is_weighted());
+                if !known {
+                    return Err(Error::Config(format!(
+                        "cross-column layer {name:?} is not one of conv2..conv5, fc6..fc8"
+                    )));
+                }
             }
         }
         if let Some(fc) = layers
@@ -223,90 +426,170 @@ impl ArchConfig {
                 fc.name
             )));
         }
-        let mut dims = Dims {
-            c: 3,
-            h: self.input_size,
-            w: self.input_size,
-        };
-        let mut in_columns = 1;
-        let mut out = Vec::new();
-        for layer in layers {
-            let input = dims;
-            let too_small = |what: &str| {
-                Error::Config(format!(
-                    "input size {} is too small: {} gets {}x{} maps, smaller than its {what}; \
-                     use --input-size 67 or larger",
-                    self.input_size, layer.name, input.h, input.w
-                ))
-            };
-            let (params, macs, conv) = match layer.kind {
-                Kind::Conv {
-                    out: c_out,
-                    k,
-                    stride,
-                    pad,
-                } => {
-                    let groups = if layer.reads_all_columns {
-                        1
-                    } else {
-                        in_columns
-                    };
-                    if input.h + 2 * pad < k || input.w + 2 * pad < k {
-                        return Err(too_small("kernel"));
-                    }
-                    let s = ConvShape {
-                        n: 1,
-                        c_in: input.c,
-                        h: input.h,
-                        w: input.w,
-                        c_out,
-                        kh: k,
-                        kw: k,
-                        stride,
-                        pad,
-                        groups,
-                    };
-                    dims = Dims {
-                        c: c_out,
-                        h: s.h_out(),
-                        w: s.w_out(),
-                    };
-                    ((s.w_len() + c_out) as u64, s.macs(), Some(s))
-                }
-                Kind::MaxPool { size, stride } => {
-                    if input.h < size || input.w < size {
-                        return Err(too_small("pooling window"));
-                    }
-                    dims = Dims {
-                        c: input.c,
-                        h: (input.h - size) / stride + 1,
-                        w: (input.w - size) / stride + 1,
-                    };
-                    (0, 0, None)
-                }
-                Kind::Fc { out: d_out } => {
-                    let d_in = input.len();
-                    dims = Dims {
-                        c: d_out,
-                        h: 1,
-                        w: 1,
-                    };
-                    (((d_in + 1) * d_out) as u64, (d_in * d_out) as u64, None)
-                }
-                Kind::Relu | Kind::Lrn | Kind::Dropout => (0, 0, None),
-            };
-            in_columns = layer.columns;
-            out.push(PlannedLayer {
-                layer,
-                input,
-                output: dims,
-                params,
-                macs,
-                conv,
-            });
-        }
-        Ok(out)
+        Ok(())
     }
+
+    /// The last row is the classifier: fully connected, `classes` wide (the loss reads it).
+    fn check_classifier(&self, plan: &[PlannedLayer]) -> Result<()> {
+        let last = plan.last().expect("check_wiring refuses an empty table");
+        match last.layer.kind {
+            Kind::Fc { out, .. } if out == self.classes => Ok(()),
+            Kind::Fc { out, .. } => Err(Error::Config(format!(
+                "layer {}: the classifier (the last layer) has {out} outputs, but the net is \
+                 for {} classes",
+                last.layer.name, self.classes
+            ))),
+            _ => Err(Error::Config(format!(
+                "layer {}: the last layer must be fully connected (the classifier the loss \
+                 reads)",
+                last.layer.name
+            ))),
+        }
+    }
+}
+
+/// A row's output shape, parameters, forward multiply-adds and (conv) geometry.
+type RowCost = (Dims, u64, u64, Option<ConvShape>);
+
+/// One row's output shape, parameters and multiply-adds from its input (`in_columns` columns),
+/// or an error naming the layer when its settings or its input's size do not fit it.
+fn plan_row(
+    layer: Layer,
+    input: Dims,
+    in_columns: usize,
+    input_size: usize,
+) -> Result<PlannedLayer> {
+    let fail = |msg: String| row_error(&layer, msg);
+    let (output, params, macs, conv) = match layer.kind {
+        Kind::Conv { .. } => plan_conv(&layer, input, in_columns, input_size)?,
+        Kind::MaxPool { size, stride } | Kind::AvgPool { size, stride } => {
+            if size == 0 || stride == 0 {
+                return Err(fail("window size and stride must be at least 1".into()));
+            }
+            if input.h < size || input.w < size {
+                let what = format!("{size}x{size} pooling window");
+                return Err(too_small(&layer, input, input_size, &what));
+            }
+            let output = Dims {
+                c: input.c,
+                h: (input.h - size) / stride + 1,
+                w: (input.w - size) / stride + 1,
+            };
+            (output, 0, 0, None)
+        }
+        Kind::Fc { out: d_out, .. } => {
+            if d_out == 0 {
+                return Err(fail("out must be at least 1".into()));
+            }
+            let d_in = input.len();
+            let output = Dims {
+                c: d_out,
+                h: 1,
+                w: 1,
+            };
+            let (params, macs) = ((d_in + 1) * d_out, d_in * d_out);
+            (output, params as u64, macs as u64, None)
+        }
+        Kind::Lrn {
+            params,
+            across_columns,
+        } => {
+            if params.size == 0 {
+                return Err(fail("the LRN window size must be at least 1".into()));
+            }
+            if !across_columns && !input.c.is_multiple_of(layer.columns) {
+                return Err(fail(format!(
+                    "normalises within each column, but its {} maps do not split into {} \
+                     equal columns",
+                    input.c, layer.columns
+                )));
+            }
+            (input, 0, 0, None)
+        }
+        Kind::Relu | Kind::Tanh | Kind::Dropout => (input, 0, 0, None),
+    };
+    Ok(PlannedLayer {
+        layer,
+        input,
+        output,
+        params,
+        macs,
+        conv,
+    })
+}
+
+/// An error naming the layer.
+fn row_error(layer: &Layer, msg: String) -> Error {
+    Error::Config(format!("layer {}: {msg}", layer.name))
+}
+
+/// The layer's input maps are smaller than its window `what`: the input is too small for the net.
+fn too_small(layer: &Layer, input: Dims, input_size: usize, what: &str) -> Error {
+    row_error(
+        layer,
+        format!(
+            "gets {}x{} maps, smaller than its {what}: input size {input_size} is too small for \
+             this net",
+            input.h, input.w
+        ),
+    )
+}
+
+/// A convolution row's cost: grouped by the input's columns unless it reads all of them.
+fn plan_conv(layer: &Layer, input: Dims, in_columns: usize, input_size: usize) -> Result<RowCost> {
+    let Kind::Conv {
+        out: c_out,
+        k,
+        stride,
+        pad,
+        ..
+    } = layer.kind
+    else {
+        unreachable!("plan_conv on a non-conv row")
+    };
+    if c_out == 0 || k == 0 || stride == 0 {
+        return Err(row_error(
+            layer,
+            "out, kernel size and stride must be at least 1".into(),
+        ));
+    }
+    let groups = if layer.reads_all_columns {
+        1
+    } else {
+        in_columns
+    };
+    if !input.c.is_multiple_of(groups) || !c_out.is_multiple_of(groups) {
+        return Err(row_error(
+            layer,
+            format!(
+                "reads only its own column, but its {} input and {c_out} output channels do not \
+             split into {groups} columns",
+                input.c
+            ),
+        ));
+    }
+    if input.h + 2 * pad < k || input.w + 2 * pad < k {
+        let what = format!("{k}x{k} kernel (padding {pad})");
+        return Err(too_small(layer, input, input_size, &what));
+    }
+    let s = ConvShape {
+        n: 1,
+        c_in: input.c,
+        h: input.h,
+        w: input.w,
+        c_out,
+        kh: k,
+        kw: k,
+        stride,
+        pad,
+        groups,
+    };
+    let output = Dims {
+        c: c_out,
+        h: s.h_out(),
+        w: s.w_out(),
+    };
+    Ok((output, (s.w_len() + c_out) as u64, s.macs(), Some(s)))
 }
 
 /// A row with its shapes worked out for one image.
@@ -338,7 +621,20 @@ impl ArchConfig {
         let mut in_columns = 1; // the image: every column reads it whole
         let mut rows = Vec::new();
         for p in self.plan()? {
-            let weighted = matches!(p.layer.kind, Kind::Conv { .. } | Kind::Fc { .. });
+            if let Kind::Lrn {
+                across_columns: true,
+                ..
+            } = p.layer.kind
+            {
+                if cols > 1 {
+                    return Err(Error::Config(format!(
+                        "layer {}: LRN across all columns' maps needs every column's maps in \
+                         one place; run the net whole (without --gpus/--executors)",
+                        p.layer.name
+                    )));
+                }
+            }
+            let weighted = p.layer.kind.is_weighted();
             let gather = weighted && p.layer.reads_all_columns && in_columns > 1;
             let input = if gather || in_columns == 1 {
                 p.input
@@ -438,8 +734,16 @@ pub fn summary_table(cfg: &ArchConfig) -> Result<String> {
                 format!("conv {k}x{k}/{stride} pad {pad} g{g}")
             }
             Kind::Relu => "relu".into(),
-            Kind::Lrn => format!("lrn n={}", cfg.lrn_size),
+            Kind::Tanh => "tanh".into(),
+            Kind::Lrn {
+                params,
+                across_columns,
+            } => {
+                let all = if across_columns { " all maps" } else { "" };
+                format!("lrn n={}{all}", params.size)
+            }
             Kind::MaxPool { size, stride } => format!("maxpool {size}/{stride}"),
+            Kind::AvgPool { size, stride } => format!("avgpool {size}/{stride}"),
             Kind::Fc { .. } => "fully connected".into(),
             Kind::Dropout => format!("dropout p={}", cfg.dropout),
         };
@@ -625,6 +929,84 @@ mod tests {
         };
         let plan = cfg.plan().unwrap();
         assert_eq!(plan[0].output.h, 54);
+    }
+
+    #[test]
+    fn the_smallest_input_is_the_geometry_s() {
+        let at = |net: Net, size: usize| ArchConfig::for_net(net, None, Some(size)).plan();
+        // The paper's nets: pool5 gets 1x1 maps at 67, 2x2 (under its 3x3 window) at 66.
+        let plan = at(Net::Paper, 67).unwrap();
+        let pool5 = plan.iter().find(|p| p.layer.name == "pool5").unwrap();
+        assert_eq!(pool5.output, Dims { c: 256, h: 1, w: 1 });
+        let e = at(Net::OneColumn, 66).unwrap_err().to_string();
+        assert!(e.contains("layer pool5") && e.contains("2x2 maps"), "{e}");
+        // cifar10: 32 -> 15 -> 7 -> 3 maps, 15 px is the least (pool3 then gets 3x3).
+        let plan = at(Net::Cifar10, 32).unwrap();
+        let fc10 = plan.last().unwrap();
+        assert_eq!(
+            (fc10.input, fc10.output.c),
+            (Dims { c: 64, h: 3, w: 3 }, 10)
+        );
+        assert!(at(Net::Cifar10, 15).is_ok());
+        let e = at(Net::Cifar10, 14).unwrap_err().to_string();
+        assert!(e.contains("layer pool3") && e.contains("too small"), "{e}");
+    }
+
+    #[test]
+    fn rows_carry_their_initialisation_and_lrn_constants() {
+        let cfg = ArchConfig {
+            lrn: LrnParams {
+                alpha_over_n: true,
+                ..LrnParams::PAPER
+            },
+            ..Default::default()
+        };
+        let layers = cfg.layers();
+        let bias = |name: &str| {
+            let row = layers.iter().find(|l| l.name == name).unwrap();
+            row.kind.init().unwrap().bias
+        };
+        // Section 5: biases 1 in conv2, conv4, conv5 and the hidden fully connected layers.
+        let names = [
+            "conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8",
+        ];
+        assert_eq!(names.map(bias), [0.0, 1.0, 0.0, 1.0, 1.0, 1.0, 1.0, 0.0]);
+        let lrns: Vec<Kind> = layers
+            .iter()
+            .map(|l| l.kind)
+            .filter(|k| matches!(k, Kind::Lrn { .. }))
+            .collect();
+        let want = Kind::Lrn {
+            params: cfg.lrn,
+            across_columns: false,
+        };
+        assert_eq!(lrns, [want, want]);
+    }
+
+    #[test]
+    fn lrn_across_columns_runs_whole_but_not_split() {
+        let mut table = ArchConfig::default().layers();
+        for row in &mut table {
+            if let Kind::Lrn { across_columns, .. } = &mut row.kind {
+                *across_columns = true;
+            }
+        }
+        let cfg = ArchConfig::for_net(
+            Net::Table(Table {
+                name: "caffe-lrn".into(),
+                input_size: None,
+                layers: table,
+            }),
+            None,
+            None,
+        );
+        assert!(cfg.plan().is_ok());
+        assert!(summary_table(&cfg).unwrap().contains("lrn n=5 all maps"));
+        let e = cfg.column_plan(0).unwrap_err().to_string();
+        assert!(
+            e.contains("layer lrn1") && e.contains("across all columns"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -19,7 +19,8 @@ use std::path::{Path, PathBuf};
 use safetensors::tensor::{Dtype, View};
 use safetensors::SafeTensors;
 
-use crate::arch::{ArchConfig, Kind};
+use crate::arch::{ArchConfig, Kind, Net};
+use crate::engine::LrnParams;
 use crate::error::{Error, Result};
 
 /// Metadata keys (all values are strings; the structured ones are JSON).
@@ -30,8 +31,10 @@ const KEY_CLASSES: &str = "alexnet.class_names";
 const KEY_MEAN_SIDE: &str = "alexnet.mean_side";
 const KEY_TRAIN_STATE: &str = "alexnet.train_state";
 const KEY_EXTRA: &str = "alexnet.extra";
-/// Bumped when a change would make old readers misread a file.
-const FORMAT_VERSION: &str = "1";
+/// Bumped when a change would make old readers misread a file. Version 2 stores the architecture
+/// with its layer table (a net file's rows whole) and LRN constants grouped; version 1 files are
+/// still read ([`ArchV1`]).
+const FORMAT_VERSION: &str = "2";
 
 /// Tensor names besides the parameters.
 const MOMENTUM_PREFIX: &str = "momentum.";
@@ -186,7 +189,7 @@ impl Checkpoint {
                 (Kind::Conv { .. }, Some(s)) => {
                     (vec![s.c_out, s.c_in / s.groups, s.kh, s.kw], s.c_out)
                 }
-                (Kind::Fc { out }, _) => (vec![out, p.input.len()], out),
+                (Kind::Fc { out, .. }, _) => (vec![out, p.input.len()], out),
                 _ => continue,
             };
             out.push((format!("{name}.weight"), w));
@@ -342,14 +345,19 @@ impl Checkpoint {
                 )
             })
         };
-        let version = get(KEY_VERSION)?;
-        if version != FORMAT_VERSION {
-            return Err(ckpt_err(
-                path,
-                format!("format version {version}, this build reads version {FORMAT_VERSION}"),
-            ));
-        }
-        let arch: ArchConfig = from_json(path, KEY_ARCH, get(KEY_ARCH)?)?;
+        let arch: ArchConfig = match get(KEY_VERSION)?.as_str() {
+            FORMAT_VERSION => from_json(path, KEY_ARCH, get(KEY_ARCH)?)?,
+            "1" => from_json::<ArchV1>(path, KEY_ARCH, get(KEY_ARCH)?)?.into(),
+            version => {
+                return Err(ckpt_err(
+                    path,
+                    format!(
+                        "format version {version}, this build reads versions 1 and \
+                         {FORMAT_VERSION}"
+                    ),
+                ))
+            }
+        };
         let class_names: Vec<String> = from_json(path, KEY_CLASSES, get(KEY_CLASSES)?)?;
         let mean_side: usize = from_json(path, KEY_MEAN_SIDE, get(KEY_MEAN_SIDE)?)?;
         let extra_metadata: BTreeMap<String, String> = from_json(path, KEY_EXTRA, get(KEY_EXTRA)?)?;
@@ -376,11 +384,11 @@ impl Checkpoint {
                     path,
                     format!(
                         "tensor `{name}` has shape {:?}, but the architecture in the file \
-                         (classes {}, input {}, {:?}) needs {want:?}",
+                         (classes {}, input {}, net {}) needs {want:?}",
                         t.shape(),
                         arch.classes,
                         arch.input_size,
-                        arch.preset
+                        arch.net.label()
                     ),
                 ));
             }
@@ -439,8 +447,10 @@ impl Checkpoint {
                 path,
                 format!(
                     "unexpected tensor(s) {unexpected:?} for the architecture in the file \
-                     (classes {}, input {}, {:?})",
-                    arch.classes, arch.input_size, arch.preset
+                     (classes {}, input {}, net {})",
+                    arch.classes,
+                    arch.input_size,
+                    arch.net.label()
                 ),
             ));
         }
@@ -527,6 +537,46 @@ fn check_set(
 
 fn to_json<T: serde::Serialize>(path: &Path, v: &T) -> Result<String> {
     serde_json::to_string(v).map_err(|e| ckpt_err(path, format!("cannot encode metadata: {e}")))
+}
+
+/// The architecture as format 1 stored it: a built-in net by name (`"Paper"`, `"OneColumn"`)
+/// and the LRN constants as five loose fields.
+#[derive(serde::Deserialize)]
+struct ArchV1 {
+    preset: Net,
+    classes: usize,
+    input_size: usize,
+    lrn_size: usize,
+    lrn_alpha: f32,
+    lrn_beta: f32,
+    lrn_k: f32,
+    lrn_alpha_over_n: bool,
+    dropout: f32,
+    dropout_paper_scaling: bool,
+    cross_column: Option<Vec<String>>,
+}
+
+impl From<ArchV1> for ArchConfig {
+    fn from(v1: ArchV1) -> ArchConfig {
+        ArchConfig {
+            net: v1.preset,
+            classes: v1.classes,
+            input_size: v1.input_size,
+            lrn: LrnParams {
+                size: v1.lrn_size,
+                alpha: v1.lrn_alpha,
+                beta: v1.lrn_beta,
+                k: v1.lrn_k,
+                alpha_over_n: v1.lrn_alpha_over_n,
+            },
+            dropout: v1.dropout,
+            dropout_paper_scaling: v1.dropout_paper_scaling,
+            // Files from before the list existed were written with the paper's wiring.
+            cross_column: v1
+                .cross_column
+                .unwrap_or_else(|| ArchConfig::default().cross_column),
+        }
+    }
 }
 
 fn from_json<T: serde::de::DeserializeOwned>(path: &Path, key: &str, s: &str) -> Result<T> {

@@ -15,6 +15,7 @@ pub mod eval;
 pub mod memory;
 pub mod metrics;
 pub mod model;
+pub mod netfile;
 pub mod parallel;
 pub mod plot;
 pub mod report;

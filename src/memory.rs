@@ -48,7 +48,7 @@ impl Footprint {
                 // In place: no buffer of their own.
                 Kind::Relu | Kind::Dropout => 0,
                 // Output, its gradient and the normalising scale.
-                Kind::Lrn => 3 * out,
+                Kind::Lrn { .. } => 3 * out,
                 _ => 2 * out,
             };
             if let Some(c) = p.conv {

@@ -3,18 +3,49 @@
 //! (conv) and per-column windows (LRN), so this computes exactly the paper's two-GPU function;
 //! for model parallelism (`parallel.rs`) a `Model` runs one column's share of every row.
 
-use crate::arch::{ArchConfig, ColumnRow, Kind};
-use crate::engine::{ConvShape, Engine, FcShape, LrnShape, MaskSlice, PoolShape};
+use crate::arch::{ArchConfig, ColumnRow, Kind, ParamInit};
+use crate::engine::{ConvShape, Engine, FcShape, LrnParams, LrnShape, MaskSlice, PoolShape};
 use crate::error::{Error, Result};
 use crate::rng::{hash, Rng};
 
-/// Weight initialisation (Section 5, or Caffe's variant for users whose loss stays flat).
+/// Weight initialisation: each row's own (Section 5's for the paper's nets), or Caffe's variant
+/// of it for users whose loss stays flat.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Init {
-    /// N(0, 0.01) weights; biases 1 in conv2, conv4, conv5, fc6, fc7 and 0 elsewhere.
+    /// The table's: every weighted row's `init`. The paper's nets carry Section 5's, N(0, 0.01)
+    /// weights, biases 1 in conv2, conv4, conv5, fc6, fc7 and 0 elsewhere.
     Paper,
-    /// Caffe's bvlc_alexnet: N(0, 0.005) for fc6/fc7, N(0, 0.01) elsewhere; those biases 0.1.
+    /// Caffe's bvlc_alexnet applied to the rows: N(0, 0.005) for the hidden fully connected
+    /// layers (fc6, fc7), the row's std elsewhere; the biases the row sets nonzero (the paper's
+    /// 1s) are 0.1.
     Caffe,
+}
+
+impl Init {
+    /// A weighted row's initialisation under this scheme, from the row's own; `hidden_fc`: a fully
+    /// connected row before the classifier.
+    pub fn apply(self, own: ParamInit, hidden_fc: bool) -> ParamInit {
+        match self {
+            Init::Paper => own,
+            Init::Caffe => ParamInit {
+                std: if hidden_fc { 0.005 } else { own.std },
+                bias: if own.bias != 0.0 { 0.1 } else { 0.0 },
+            },
+        }
+    }
+}
+
+/// One row's timing from a profiled pass (see [`Model::set_profiling`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LayerTime {
+    pub name: String,
+    pub forward_s: f64,
+    pub backward_s: f64,
+    /// Multiply-adds per image of the forward and of the backward: a weighted row's backward
+    /// does two products the size of its forward (data and weight gradients), one where its
+    /// input is the image (no data gradient).
+    pub forward_macs: u64,
+    pub backward_macs: u64,
 }
 
 /// SGD hyper-parameters (Section 5).
@@ -136,16 +167,15 @@ impl<E: Engine> Model<E> {
             } else {
                 act_sizes.len() - 1
             };
-            let in_place = matches!(p.layer.kind, Kind::Relu | Kind::Dropout);
-            let output = if in_place {
+            let output = if p.layer.kind.is_in_place() {
                 input
             } else {
                 act_sizes.push(p.output.len());
                 act_sizes.len() - 1
             };
             let param = match p.layer.kind {
-                Kind::Conv { .. } | Kind::Fc { .. } => {
-                    let weight_shape = match (p.layer.kind, p.conv) {
+                kind if kind.is_weighted() => {
+                    let weight_shape = match (kind, p.conv) {
                         (Kind::Conv { .. }, Some(c)) => {
                             vec![c.c_out, c.c_in / c.groups, c.kh, c.kw]
                         }
@@ -170,7 +200,7 @@ impl<E: Engine> Model<E> {
                 }
                 _ => None,
             };
-            let scale = if p.layer.kind == Kind::Lrn {
+            let scale = if matches!(p.layer.kind, Kind::Lrn { .. }) {
                 lrn_count += 1;
                 Some(lrn_count - 1)
             } else {
@@ -246,40 +276,32 @@ impl<E: Engine> Model<E> {
         Ok(())
     }
 
-    /// Section 5's initialisation (or Caffe's), from `seed`; each parameter has its own stream.
-    /// A column draws exactly its rows of the whole layer's tensor (the stream is skipped ahead
-    /// to its first row), so one- and two-executor runs start from the same weights.
+    /// Every weighted row's initialisation under `init` (the row's own, or Caffe's variant), from
+    /// `seed`; each weight has its own stream. A column draws exactly its rows of the whole
+    /// layer's tensor (the stream is skipped ahead to its first row), so one- and two-executor
+    /// runs start from the same weights.
     pub fn initialise(&mut self, e: &E, init: Init, seed: u64) -> Result<()> {
         let root = Rng::new(seed);
-        // The first row (output channel) of the whole tensor that each weight holds.
-        let mut first_row = vec![0; self.params.len()];
-        for s in &self.steps {
-            if let Some(w) = s.param {
-                first_row[w] = s.row.out.start;
-            }
-        }
-        for (i, p) in self.params.iter_mut().enumerate() {
-            let layer = p.name.split('.').next().unwrap_or("");
-            let hidden_fc = layer == "fc6" || layer == "fc7";
-            let values: Vec<f32> = if p.is_bias {
-                let one = matches!(layer, "conv2" | "conv4" | "conv5" | "fc6" | "fc7");
-                let v = match (init, one) {
-                    (_, false) => 0.0,
-                    (Init::Paper, true) => 1.0,
-                    (Init::Caffe, true) => 0.1,
-                };
-                vec![v; p.len()]
-            } else {
-                let std = match init {
-                    Init::Caffe if hidden_fc => 0.005,
-                    _ => 0.01,
-                };
-                let mut rng = root.fork(i as u64);
-                rng.skip_normals((first_row[i] * p.len() / p.shape[0]) as u64);
-                (0..p.len()).map(|_| (rng.normal() * std) as f32).collect()
+        // The classifier is the last weighted row; fully connected rows before it are hidden.
+        let classifier = self.steps.iter().rposition(|s| s.param.is_some());
+        for (row, s) in self.steps.iter().enumerate() {
+            let kind = s.row.plan.layer.kind;
+            let (Some(w), Some(own)) = (s.param, kind.init()) else {
+                continue;
             };
-            e.upload(&mut p.value, &values)?;
-            e.fill(&mut p.momentum, 0.0)?;
+            let hidden_fc = matches!(kind, Kind::Fc { .. }) && Some(row) != classifier;
+            let ParamInit { std, bias } = init.apply(own, hidden_fc);
+            let weight = &mut self.params[w];
+            let mut rng = root.fork(w as u64);
+            rng.skip_normals((s.row.out.start * weight.len() / weight.shape[0]) as u64);
+            let values: Vec<f32> = (0..weight.len())
+                .map(|_| (rng.normal() * std) as f32)
+                .collect();
+            e.upload(&mut weight.value, &values)?;
+            e.fill(&mut weight.momentum, 0.0)?;
+            let b = &mut self.params[w + 1];
+            e.fill(&mut b.value, bias)?;
+            e.fill(&mut b.momentum, 0.0)?;
         }
         Ok(())
     }
@@ -290,18 +312,34 @@ impl<E: Engine> Model<E> {
         c
     }
 
-    fn lrn_shape(&self, s: &Step) -> LrnShape {
-        LrnShape {
+    /// An LRN row's geometry and constants.
+    fn lrn_shape(&self, s: &Step) -> (LrnShape, LrnParams) {
+        let Kind::Lrn {
+            params,
+            across_columns,
+        } = s.row.plan.layer.kind
+        else {
+            unreachable!("lrn_shape on a non-LRN row")
+        };
+        let shape = LrnShape {
             n: self.batch,
             c: s.row.plan.input.c,
             h: s.row.plan.input.h,
             w: s.row.plan.input.w,
-            groups: s.row.plan.layer.columns,
-        }
+            // The window stops at each column's edges unless the row says otherwise.
+            groups: if across_columns {
+                1
+            } else {
+                s.row.plan.layer.columns
+            },
+        };
+        (shape, params)
     }
 
     fn pool_shape(&self, s: &Step) -> PoolShape {
-        let Kind::MaxPool { size, stride } = s.row.plan.layer.kind else {
+        let (Kind::MaxPool { size, stride } | Kind::AvgPool { size, stride }) =
+            s.row.plan.layer.kind
+        else {
             unreachable!("pool_shape on a non-pool row")
         };
         PoolShape {
@@ -428,7 +466,6 @@ impl<E: Engine> Model<E> {
     /// Runs row `row` forward (its input already in place).
     pub(crate) fn forward_row(&mut self, e: &E, row: usize, train_seed: Option<u64>) -> Result<()> {
         let keep_scale = self.dropout_keep_scale();
-        let lrn = self.cfg.lrn();
         let started = self.profile.is_some().then(std::time::Instant::now);
         let s = &self.steps[row];
         let (input, output) = (s.input, s.output);
@@ -458,8 +495,9 @@ impl<E: Engine> Model<E> {
                 )?;
             }
             Kind::Relu => e.relu_forward(&mut self.acts[output])?,
-            Kind::Lrn => {
-                let shape = self.lrn_shape(s);
+            Kind::Tanh => e.tanh_forward(&mut self.acts[output])?,
+            Kind::Lrn { .. } => {
+                let (shape, lrn) = self.lrn_shape(s);
                 let scale = &mut self.lrn_scales[s.scale.expect("lrn rows own a scale")];
                 let (x, y) = two(&mut self.acts, input, output);
                 e.lrn_forward(&shape, &lrn, x, y, scale)?;
@@ -468,6 +506,11 @@ impl<E: Engine> Model<E> {
                 let shape = self.pool_shape(s);
                 let (x, y) = two(&mut self.acts, input, output);
                 e.maxpool_forward(&shape, x, y)?;
+            }
+            Kind::AvgPool { .. } => {
+                let shape = self.pool_shape(s);
+                let (x, y) = two(&mut self.acts, input, output);
+                e.avgpool_forward(&shape, x, y)?;
             }
             Kind::Dropout => match train_seed {
                 Some(seed) if self.cfg.dropout > 0.0 => {
@@ -497,16 +540,24 @@ impl<E: Engine> Model<E> {
         self.profile = on.then(|| vec![(0.0, 0.0); self.steps.len()]);
     }
 
-    /// (layer, forward seconds, backward seconds, forward multiply-adds per image) of the last
-    /// profiled pass.
-    pub fn layer_times(&self) -> Vec<(String, f64, f64, u64)> {
+    /// Every row's times and work in the last profiled pass.
+    pub fn layer_times(&self) -> Vec<LayerTime> {
         let Some(p) = &self.profile else {
             return Vec::new();
         };
         self.steps
             .iter()
             .zip(p)
-            .map(|(s, &(f, b))| (s.row.plan.layer.name.clone(), f, b, s.row.plan.macs))
+            .map(|(s, &(forward_s, backward_s))| {
+                let macs = s.row.plan.macs;
+                LayerTime {
+                    name: s.row.plan.layer.name.clone(),
+                    forward_s,
+                    backward_s,
+                    forward_macs: macs,
+                    backward_macs: if s.input == 0 { macs } else { 2 * macs },
+                }
+            })
             .collect()
     }
 
@@ -537,7 +588,6 @@ impl<E: Engine> Model<E> {
         train_seed: Option<u64>,
     ) -> Result<()> {
         let keep_scale = self.dropout_keep_scale();
-        let lrn = self.cfg.lrn();
         let started = self.profile.is_some().then(std::time::Instant::now);
         let s = &self.steps[row];
         let (input, output) = (s.input, s.output);
@@ -576,8 +626,9 @@ impl<E: Engine> Model<E> {
                 )?;
             }
             Kind::Relu => e.relu_backward(&self.acts[output], &mut self.grads[output])?,
-            Kind::Lrn => {
-                let shape = self.lrn_shape(s);
+            Kind::Tanh => e.tanh_backward(&self.acts[output], &mut self.grads[output])?,
+            Kind::Lrn { .. } => {
+                let (shape, lrn) = self.lrn_shape(s);
                 let scale = &self.lrn_scales[s.scale.expect("lrn rows own a scale")];
                 let (dx, dy) = two(&mut self.grads, input, output);
                 e.lrn_backward(
@@ -594,6 +645,11 @@ impl<E: Engine> Model<E> {
                 let shape = self.pool_shape(s);
                 let (dx, dy) = two(&mut self.grads, input, output);
                 e.maxpool_backward(&shape, &self.acts[input], &self.acts[output], dy, dx)?;
+            }
+            Kind::AvgPool { .. } => {
+                let shape = self.pool_shape(s);
+                let (dx, dy) = two(&mut self.grads, input, output);
+                e.avgpool_backward(&shape, dy, dx)?;
             }
             Kind::Dropout => {
                 if let Some(seed) = train_seed.filter(|_| self.cfg.dropout > 0.0) {

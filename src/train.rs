@@ -6,12 +6,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::arch::{ArchConfig, Preset};
+use crate::arch::{ArchConfig, Net};
 use crate::checkpoint::{Checkpoint, CheckpointDir, TrainState};
 use crate::data::{Augment, Dataset, Loader, LoaderConfig, Share, Stats};
 use crate::data_parallel::{self, EveryNth, Replicas};
 use crate::dist::Comm;
-use crate::engine::Engine;
+use crate::engine::{Engine, LrnParams};
 use crate::error::{Error, Result};
 use crate::eval::{evaluate, EvalOptions, EvalResult};
 use crate::metrics::MetricsLog;
@@ -63,8 +63,9 @@ pub struct TrainArgs {
     /// must match the dataset).
     #[arg(long, value_parser = settings::count_in(2, settings::MAX_CLASSES))]
     pub classes: Option<usize>,
-    /// Input side in pixels. 227 makes the paper's 55x55 conv1 maps exact; smaller values (>= 67)
-    /// give the same layers on smaller maps. Default: 227 with --data; 99 on the built-in
+    /// Input side in pixels. 227 makes the paper's 55x55 conv1 maps exact; smaller values give
+    /// the same layers on smaller maps, down to what the net's geometry allows (67 for the
+    /// paper's nets, 15 for cifar10). Default: 227 with --data; 99 on the built-in
     /// dataset (its quick demo: about 1/5 of the FLOPs).
     #[arg(long, value_parser = settings::count_in(1, settings::MAX_INPUT))]
     pub input_size: Option<usize>,
@@ -73,9 +74,19 @@ pub struct TrainArgs {
     /// caffe on the built-in dataset (its quick demo).
     #[arg(long, value_enum)]
     pub init: Option<InitArg>,
-    /// Network: `paper` (two columns, Figure 2) or `one-column` (footnote 2's comparison net).
+    /// Network: `paper` (two columns, Figure 2), `one-column` (footnote 2's comparison net) or
+    /// `cifar10` (cuda-convnet's CIFAR-10 net, for --input-size 32).
     #[arg(long, value_enum, default_value_t = PresetArg::Paper)]
     pub preset: PresetArg,
+    /// A net file instead of a preset: TOML (or JSON, by its .json extension) with one section
+    /// per layer, its kind, shape and initialisation (see docs/ARCHITECTURE.md). Its last layer
+    /// must be fully connected with as many outputs as the data has classes.
+    #[arg(
+        long,
+        value_name = "FILE",
+        conflicts_with_all = ["preset", "cross_column", "lrn_alpha_over_n"]
+    )]
+    pub net: Option<PathBuf>,
     /// Model parallelism as in Section 3.2: run each column (the paper's GPU) on its own GPU,
     /// N of them (implies --device cuda): GPUs --gpu, --gpu+1, ...; with fewer GPUs than N,
     /// several columns share one (each on its own stream), with a notice. Activations cross
@@ -195,6 +206,18 @@ pub enum InitArg {
 pub enum PresetArg {
     Paper,
     OneColumn,
+    Cifar10,
+}
+
+impl PresetArg {
+    /// The built-in table this names.
+    pub fn net(self) -> Net {
+        match self {
+            PresetArg::Paper => Net::Paper,
+            PresetArg::OneColumn => Net::OneColumn,
+            PresetArg::Cifar10 => Net::Cifar10,
+        }
+    }
 }
 
 /// What a finished (or interrupted) run reports.
@@ -361,23 +384,26 @@ pub fn builtin_side(input: usize) -> usize {
 }
 
 /// The architecture the flags describe, for `classes` classes.
-pub fn arch_from_args(args: &TrainArgs, classes: usize) -> ArchConfig {
-    ArchConfig {
-        preset: match args.preset {
-            PresetArg::Paper => Preset::Paper,
-            PresetArg::OneColumn => Preset::OneColumn,
-        },
+pub fn arch_from_args(args: &TrainArgs, classes: usize) -> Result<ArchConfig> {
+    let net = match &args.net {
+        Some(path) => Net::Table(crate::netfile::read(path)?),
+        None => args.preset.net(),
+    };
+    Ok(ArchConfig {
+        net,
         classes,
         input_size: args.input_size(),
-        lrn_alpha_over_n: args.lrn_alpha_over_n,
+        lrn: LrnParams {
+            alpha_over_n: args.lrn_alpha_over_n,
+            ..LrnParams::PAPER
+        },
         dropout: args.dropout(),
         dropout_paper_scaling: !args.inverted_dropout,
         cross_column: args
             .cross_column
             .clone()
             .unwrap_or_else(|| ArchConfig::default().cross_column),
-        ..ArchConfig::default()
-    }
+    })
 }
 
 /// The host threads the engines compute with, 0 for device engines.
@@ -629,8 +655,7 @@ fn checked_arch(args: &TrainArgs, data: &TrainData) -> Result<ArchConfig> {
             "--classes {c} but the dataset has {classes} classes"
         )));
     }
-    let arch = arch_from_args(args, classes);
-    arch.plan()?;
+    let arch = arch_from_args(args, classes)?;
     let side = data.train.side();
     if side < args.input_size() {
         return Err(Error::Config(format!(
@@ -988,7 +1013,7 @@ fn check_memory<E: Engine>(
         // The prefetched ones, one being built by each worker, and the one in use.
         loader_batches: LOADER_PREFETCH + workers + 1,
     };
-    crate::memory::check_training(&arch_from_args(args, classes), batch, at, available)
+    crate::memory::check_training(&arch_from_args(args, classes)?, batch, at, available)
 }
 
 /// "input_size 99 -> 67" for each field in which two architectures differ.

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use alexnet::arch::{ArchConfig, Preset};
+use alexnet::arch::{ArchConfig, Net};
 use alexnet::checkpoint::{Checkpoint, CheckpointDir, NamedTensor, TrainState};
 use alexnet::rng::{self, Rng};
 use alexnet::Error;
@@ -194,7 +194,7 @@ fn paper_param_names_and_shapes_are_pytorchs() {
 
     // The one-column net is ungrouped: conv2 reads all 48 of conv1's maps.
     let one = Checkpoint::param_shapes(&ArchConfig {
-        preset: Preset::OneColumn,
+        net: Net::OneColumn,
         ..Default::default()
     })
     .unwrap();
@@ -240,7 +240,7 @@ fn inference_only_round_trip() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("model.safetensors");
     let arch = ArchConfig {
-        preset: Preset::OneColumn,
+        net: Net::OneColumn,
         ..small_arch()
     };
     let mut ckpt = random_ckpt(&arch, 9, false);
@@ -253,6 +253,102 @@ fn inference_only_round_trip() {
     let back = Checkpoint::load(&path).unwrap();
     assert!(back.momentum.is_empty() && back.train_state.is_none() && back.mean.is_none());
     assert_bit_exact(&ckpt, &back);
+}
+
+#[test]
+fn a_net_file_s_table_round_trips_and_defines_the_tensors() {
+    // A net no preset has (tanh, average pooling, LRN across all maps, its own init): the file
+    // must carry the whole table, since nothing else could rebuild it.
+    let text = r#"
+        name = "tiny"
+        [[layer]]
+        name = "features"
+        kind = "conv"
+        out = 6
+        size = 3
+        init_std = 0.2
+        init_bias = 0.5
+        [[layer]]
+        name = "squash"
+        kind = "tanh"
+        [[layer]]
+        name = "norm"
+        kind = "lrn"
+        size = 3
+        k = 1.0
+        alpha_over_n = true
+        across_columns = true
+        [[layer]]
+        name = "mean"
+        kind = "avg-pool"
+        size = 2
+        stride = 2
+        [[layer]]
+        name = "classifier"
+        kind = "fc"
+        out = 4
+    "#;
+    let table = alexnet::netfile::parse(text, false, "tiny").unwrap();
+    let arch = ArchConfig::for_net(Net::Table(table), None, Some(9));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tiny.safetensors");
+    let ckpt = random_ckpt(&arch, 5, true);
+    let names: Vec<&str> = ckpt.params.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "features.weight",
+            "features.bias",
+            "classifier.weight",
+            "classifier.bias"
+        ]
+    );
+    // 9 px: 7x7 after the 3x3 kernel, 3x3 after the 2/2 pool: 6*3*3 = 54 inputs to the classifier.
+    assert_eq!(ckpt.param("classifier.weight").unwrap().shape, vec![4, 54]);
+    ckpt.save(&path).unwrap();
+    let back = Checkpoint::load(&path).unwrap();
+    assert_bit_exact(&ckpt, &back);
+    assert_eq!(back.arch, arch);
+}
+
+#[test]
+fn format_1_files_still_load() {
+    // What version 1 wrote for `alexnet.arch`: the preset by name, the LRN constants as five
+    // loose fields (here Caffe's alpha/n convention, which must survive the conversion).
+    let dir = tempfile::tempdir().unwrap();
+    let v2 = dir.path().join("v2.safetensors");
+    let arch = ArchConfig {
+        lrn: alexnet::engine::LrnParams {
+            alpha_over_n: true,
+            ..alexnet::engine::LrnParams::PAPER
+        },
+        dropout: 0.25,
+        ..small_arch()
+    };
+    let ckpt = random_ckpt(&arch, 4, false);
+    ckpt.save(&v2).unwrap();
+    let v1 = dir.path().join("v1.safetensors");
+    rewrite(&v2, &v1, |_, meta| {
+        meta.insert("alexnet.version".into(), "1".into());
+        let old = r#"{"preset":"Paper","classes":10,"input_size":67,"lrn_size":5,
+            "lrn_alpha":0.0001,"lrn_beta":0.75,"lrn_k":2.0,"lrn_alpha_over_n":true,
+            "dropout":0.25,"dropout_paper_scaling":true,
+            "cross_column":["conv3","fc6","fc7","fc8"]}"#;
+        meta.insert("alexnet.arch".into(), old.into());
+    });
+    let back = Checkpoint::load(&v1).unwrap();
+    assert_eq!(back.arch, arch);
+    assert_bit_exact(&ckpt, &back);
+    // A version this build does not know is refused, saying which it reads.
+    let v9 = dir.path().join("v9.safetensors");
+    rewrite(&v2, &v9, |_, meta| {
+        meta.insert("alexnet.version".into(), "9".into());
+    });
+    let err = load_err(&v9);
+    assert!(
+        err.contains("format version 9") && err.contains("1 and 2"),
+        "{err}"
+    );
 }
 
 #[test]

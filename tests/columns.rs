@@ -5,7 +5,7 @@
 
 mod common;
 
-use alexnet::arch::{column_range, ArchConfig, Preset};
+use alexnet::arch::{column_range, ArchConfig, Net};
 use alexnet::engine::cpu::CpuEngine;
 use alexnet::model::{Init, Sgd};
 use alexnet::parallel::{assign_columns, Network};
@@ -188,7 +188,7 @@ fn column_placement() {
     assert!(assign_columns(2, 0).is_err());
     // The one-column net (footnote 2) "split" is itself.
     let cfg = ArchConfig {
-        preset: Preset::OneColumn,
+        net: Net::OneColumn,
         ..cfg()
     };
     let engines = [CpuEngine::new(1).unwrap()];

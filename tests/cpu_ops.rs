@@ -34,6 +34,15 @@ const POOL_BWD: Tol = Tol {
     abs: 1e-6,
 };
 
+/// Average pooling: a sum of at most 9 O(1) values and one multiply by 1/size^2 (forward), and
+/// at most 9 overlapping dy/size^2 added up (backward, 3/1 windows), in f32 in another order
+/// than the reference: ~10 roundings of O(1) values, 6e-7; sums that cancel towards 0 are
+/// bounded in absolute terms.
+const AVGPOOL: Tol = Tol {
+    rel: 1e-6,
+    abs: 1e-6,
+};
+
 /// One f32 operation per element against f64 (dropout's product, ReLU's select is exact):
 /// half an ulp, 6e-8 relative.
 const ONE_OP: Tol = Tol {
@@ -91,6 +100,7 @@ both!(fc_backward, |e| suite::fc_backward(&e, GEMM));
 both!(lrn_forward, |e| suite::lrn_forward(&e, LRN));
 both!(lrn_backward, |e| suite::lrn_backward(&e, LRN));
 both!(maxpool, |e| suite::maxpool(&e, Tol::EXACT, POOL_BWD));
+both!(avgpool, |e| suite::avgpool(&e, AVGPOOL));
 both!(relu, |e| suite::relu(&e, Tol::EXACT));
 both!(tanh, |e| suite::tanh(&e, TANH));
 both!(dropout, |e| suite::dropout(&e, ONE_OP));

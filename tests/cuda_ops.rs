@@ -48,6 +48,15 @@ const POOL_BWD: Tol = Tol {
     abs: 1e-6,
 };
 
+/// Average pooling: a sum of at most 9 O(1) values and one multiply by 1/size^2 (forward), and
+/// at most 9 overlapping dy/size^2 added up (backward, 3/1 windows), in f32 in another order
+/// than the reference: ~10 roundings of O(1) values, 6e-7; sums that cancel towards 0 are
+/// bounded in absolute terms.
+const AVGPOOL: Tol = Tol {
+    rel: 1e-6,
+    abs: 1e-6,
+};
+
 /// One f32 multiply per element against f64: half an ulp (6e-8 relative).
 const ONE_OP: Tol = Tol {
     rel: 1e-7,
@@ -111,6 +120,7 @@ gpu_test!(fc_backward, |e| suite::fc_backward(&e, GEMM));
 gpu_test!(lrn_forward, |e| suite::lrn_forward(&e, LRN));
 gpu_test!(lrn_backward, |e| suite::lrn_backward(&e, LRN));
 gpu_test!(maxpool, |e| suite::maxpool(&e, Tol::EXACT, POOL_BWD));
+gpu_test!(avgpool, |e| suite::avgpool(&e, AVGPOOL));
 gpu_test!(relu, |e| suite::relu(&e, Tol::EXACT));
 gpu_test!(tanh, |e| suite::tanh(&e, TANH));
 gpu_test!(dropout, |e| suite::dropout(&e, ONE_OP));

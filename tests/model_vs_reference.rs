@@ -4,7 +4,7 @@
 
 mod common;
 
-use alexnet::arch::{ArchConfig, Kind};
+use alexnet::arch::{ArchConfig, Kind, Net};
 use alexnet::engine::cpu::CpuEngine;
 use alexnet::model::{Init, Model};
 use alexnet::rng::{dropout_keep, Rng};
@@ -22,7 +22,6 @@ fn reference_net(
     step_seed: u64,
 ) -> (f64, Vec<Vec<f64>>) {
     let plan = cfg.plan().unwrap();
-    let lrn = cfg.lrn();
     let p64: Vec<Vec<f64>> = params
         .iter()
         .map(|(_, _, v)| v.iter().map(|&x| x as f64).collect())
@@ -42,7 +41,7 @@ fn reference_net(
                 next_param += 2;
                 r::conv2d_forward(&s, &x, &p64[next_param - 2], &p64[next_param - 1])
             }
-            Kind::Fc { out } => {
+            Kind::Fc { out, .. } => {
                 let s = r::Fc {
                     n,
                     d_in: p.input.len(),
@@ -52,8 +51,13 @@ fn reference_net(
                 r::fc_forward(&s, &x, &p64[next_param - 2], &p64[next_param - 1])
             }
             Kind::Relu => r::relu_forward(&x),
-            Kind::Lrn => r::lrn_forward(&lrn_of(p, n, &lrn), &x),
+            Kind::Tanh => r::tanh_forward(&x),
+            Kind::Lrn {
+                params,
+                across_columns,
+            } => r::lrn_forward(&lrn_of(p, n, &params, across_columns), &x),
             Kind::MaxPool { size, stride } => r::maxpool_forward(&pool_of(p, n, size, stride), &x),
+            Kind::AvgPool { size, stride } => r::avgpool_forward(&pool_of(p, n, size, stride), &x),
             Kind::Dropout => {
                 let seed = Model::<CpuEngine>::dropout_seed(step_seed, row);
                 let keep: Vec<bool> = (0..x.len())
@@ -79,7 +83,7 @@ fn reference_net(
                 grads[param_index[row] + 1] = db;
                 dx
             }
-            Kind::Fc { out } => {
+            Kind::Fc { out, .. } => {
                 let s = r::Fc {
                     n,
                     d_in: p.input.len(),
@@ -91,9 +95,17 @@ fn reference_net(
                 dx
             }
             Kind::Relu => r::relu_backward(x, &dy),
-            Kind::Lrn => r::lrn_backward(&lrn_of(p, n, &lrn), x, &dy),
+            // tanh' from the forward's output, as the layer keeps it
+            Kind::Tanh => r::tanh_backward(&r::tanh_forward(x), &dy),
+            Kind::Lrn {
+                params,
+                across_columns,
+            } => r::lrn_backward(&lrn_of(p, n, &params, across_columns), x, &dy),
             Kind::MaxPool { size, stride } => {
                 r::maxpool_backward(&pool_of(p, n, size, stride), x, &dy)
+            }
+            Kind::AvgPool { size, stride } => {
+                r::avgpool_backward(&pool_of(p, n, size, stride), x.len(), &dy)
             }
             Kind::Dropout => r::dropout_backward(&dy, &masks.pop().unwrap(), 1.0),
         };
@@ -117,13 +129,18 @@ fn conv_of(p: &alexnet::arch::PlannedLayer, n: usize) -> r::Conv2d {
     }
 }
 
-fn lrn_of(p: &alexnet::arch::PlannedLayer, n: usize, l: &alexnet::engine::LrnParams) -> r::Lrn {
+fn lrn_of(
+    p: &alexnet::arch::PlannedLayer,
+    n: usize,
+    l: &alexnet::engine::LrnParams,
+    across_columns: bool,
+) -> r::Lrn {
     r::Lrn {
         n,
         c: p.input.c,
         h: p.input.h,
         w: p.input.w,
-        groups: p.layer.columns,
+        groups: if across_columns { 1 } else { p.layer.columns },
         size: l.size,
         alpha: l.alpha as f64,
         beta: l.beta as f64,
@@ -143,25 +160,24 @@ fn pool_of(p: &alexnet::arch::PlannedLayer, n: usize, size: usize, stride: usize
     }
 }
 
-#[test]
-fn paper_alexnet_batch_2_matches_the_reference() {
-    let cfg = ArchConfig::default();
-    let n = 2;
+/// One training-mode forward and backward of `cfg`'s net on random images, engine against
+/// reference: the loss and every parameter gradient.
+fn matches_the_reference(cfg: &ArchConfig, init: Init, labels: &[u32]) {
+    let n = labels.len();
     let engine = CpuEngine::new(2).unwrap();
-    let mut model = Model::new(&engine, cfg.clone(), Init::Paper, 7, n).unwrap();
+    let mut model = Model::new(&engine, cfg.clone(), init, 7, n).unwrap();
     let mut rng = Rng::new(11);
     // Mean-subtracted pixels are of order +-50 on the 0..255 scale.
-    let images: Vec<f32> = (0..n * 3 * 227 * 227)
+    let images: Vec<f32> = (0..n * 3 * cfg.input_size * cfg.input_size)
         .map(|_| (rng.normal() * 50.0) as f32)
         .collect();
-    let labels = vec![3u32, 917];
     let step_seed = 42;
     model.forward(&engine, &images, Some(step_seed)).unwrap();
-    let loss = model.backward(&engine, &labels, Some(step_seed)).unwrap();
+    let loss = model.backward(&engine, labels, Some(step_seed)).unwrap();
     let params = model.read_params(&engine).unwrap();
     let grads = model.read_grads(&engine).unwrap();
 
-    let (ref_loss, ref_grads) = reference_net(&cfg, &params, &images, &labels, n, step_seed);
+    let (ref_loss, ref_grads) = reference_net(cfg, &params, &images, labels, n, step_seed);
     // The loss is a sum over ~20 layers of f32 dot products of length up to 9216; each adds
     // rounding of order sqrt(K) * 6e-8 relative, so 1e-5 relative is ample yet would catch any
     // wrong element of a layer.
@@ -177,4 +193,101 @@ fn paper_alexnet_batch_2_matches_the_reference() {
         println!("{name:<14} relative error {e:.2e}");
         assert!(e < 1e-4, "{name}: relative error {e:.3e}");
     }
+}
+
+#[test]
+fn paper_alexnet_batch_2_matches_the_reference() {
+    matches_the_reference(&ArchConfig::default(), Init::Paper, &[3, 917]);
+}
+
+#[test]
+fn cifar10_net_at_32_px_matches_the_reference() {
+    // Average pooling, pooling before the ReLU, a 3x3 last map: the other built-in table.
+    let cfg = ArchConfig::for_net(Net::Cifar10, None, None);
+    matches_the_reference(&cfg, Init::Paper, &[3, 9, 0]);
+}
+
+#[test]
+fn a_net_file_with_every_kind_matches_the_reference() {
+    // Two columns; a convolution reading its own column and one reading both; tanh; LRN within
+    // columns (Caffe's alpha/n) and across them; both poolings; dropout; a hidden fc; 21 px.
+    let text = r#"
+        columns = 2
+        [[layer]]
+        name = "c1"
+        kind = "conv"
+        out = 8
+        size = 3
+        init_std = 0.1
+        [[layer]]
+        name = "t1"
+        kind = "tanh"
+        [[layer]]
+        name = "n1"
+        kind = "lrn"
+        size = 3
+        alpha = 0.5
+        alpha_over_n = true
+        [[layer]]
+        name = "p1"
+        kind = "max-pool"
+        size = 3
+        stride = 2
+        [[layer]]
+        name = "c2"
+        kind = "conv"
+        out = 12
+        size = 3
+        pad = 1
+        init_std = 0.05
+        init_bias = 0.1
+        [[layer]]
+        name = "r2"
+        kind = "relu"
+        [[layer]]
+        name = "c3"
+        kind = "conv"
+        out = 8
+        size = 3
+        reads = "all"
+        init_std = 0.05
+        [[layer]]
+        name = "n3"
+        kind = "lrn"
+        size = 5
+        alpha = 0.1
+        across_columns = true
+        [[layer]]
+        name = "p3"
+        kind = "avg-pool"
+        size = 2
+        stride = 2
+        [[layer]]
+        name = "f4"
+        kind = "fc"
+        out = 16
+        init_std = 0.1
+        [[layer]]
+        name = "d4"
+        kind = "dropout"
+        [[layer]]
+        name = "f5"
+        kind = "fc"
+        out = 5
+        init_std = 0.1
+    "#;
+    let table = alexnet::netfile::parse(text, false, "every-kind").unwrap();
+    let cfg = ArchConfig::for_net(Net::Table(table), None, Some(21));
+    let plan = cfg.plan().unwrap();
+    let groups: Vec<usize> = plan
+        .iter()
+        .filter_map(|p| p.conv)
+        .map(|c| c.groups)
+        .collect();
+    assert_eq!(
+        groups,
+        [1, 2, 1],
+        "c1 reads the image, c2 its own column, c3 both"
+    );
+    matches_the_reference(&cfg, Init::Paper, &[4, 0]);
 }

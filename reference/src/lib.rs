@@ -1,4 +1,4 @@
-//! The oracle: a slow, readable f64 version of every AlexNet layer, forward and backward, and a
+//! The oracle: a slow, readable f64 version of every layer a net table can hold, forward and backward, and a
 //! finite-difference gradient checker ([`gradcheck`]) that proves each backward.
 //!
 //! Written to be read, not to be fast: one free function per layer pass, plain nested loops that
@@ -423,6 +423,61 @@ pub fn maxpool_backward(s: &Pool, x: &[f64], dy: &[f64]) -> Vec<f64> {
             for oy in 0..ho {
                 for ox in 0..wo {
                     dx[s.argmax(x, n, c, oy, ox)] += dy[at(s.c, ho, wo, n, c, oy, ox)];
+                }
+            }
+        }
+    }
+    dx
+}
+
+// ----------------------------------------------------------------------------------------------
+// average pooling (the same windows as max pooling: `Pool`'s geometry and output size)
+// ----------------------------------------------------------------------------------------------
+
+// y[N,C,Ho,Wo] = (1 / size^2) * sum over each size x size window of x[N,C,H,W]
+pub fn avgpool_forward(s: &Pool, x: &[f64]) -> Vec<f64> {
+    s.check("avgpool_forward", x.len());
+    let (ho, wo) = (s.h_out(), s.w_out());
+    let area = (s.size * s.size) as f64;
+    let mut y = vec![0.0; s.n * s.c * ho * wo];
+    for n in 0..s.n {
+        for c in 0..s.c {
+            for oy in 0..ho {
+                for ox in 0..wo {
+                    let mut sum = 0.0;
+                    for ky in 0..s.size {
+                        for kx in 0..s.size {
+                            let (iy, ix) = (oy * s.stride + ky, ox * s.stride + kx);
+                            sum += x[at(s.c, s.h, s.w, n, c, iy, ix)];
+                        }
+                    }
+                    y[at(s.c, ho, wo, n, c, oy, ox)] = sum / area;
+                }
+            }
+        }
+    }
+    y
+}
+
+// dx[N,C,H,W]: each dy[N,C,Ho,Wo] spread evenly, dy / size^2, over its window; overlapping
+// windows (stride < size) add up
+pub fn avgpool_backward(s: &Pool, x_len: usize, dy: &[f64]) -> Vec<f64> {
+    s.check("avgpool_backward", x_len);
+    let (ho, wo) = (s.h_out(), s.w_out());
+    expect_len("avgpool_backward", "dy", dy.len(), s.n * s.c * ho * wo);
+    let area = (s.size * s.size) as f64;
+    let mut dx = vec![0.0; x_len];
+    for n in 0..s.n {
+        for c in 0..s.c {
+            for oy in 0..ho {
+                for ox in 0..wo {
+                    let d = dy[at(s.c, ho, wo, n, c, oy, ox)] / area;
+                    for ky in 0..s.size {
+                        for kx in 0..s.size {
+                            let (iy, ix) = (oy * s.stride + ky, ox * s.stride + kx);
+                            dx[at(s.c, s.h, s.w, n, c, iy, ix)] += d;
+                        }
+                    }
                 }
             }
         }

@@ -344,6 +344,39 @@ fn maxpool_check_skips_planted_ties() {
     .is_err());
 }
 
+// ---- average pooling ---------------------------------------------------------------------------
+
+#[test]
+fn avgpool_overlapping_and_non_overlapping_windows() {
+    // 3/2 on 7 x 5 (windows share a row/column, so one x takes two outputs' gradients, and floor
+    // leaves the last column unread), 2/2 on 6 x 6, and 3/1 (most overlap): average pooling is
+    // linear, so there are no kinks to skip
+    let cases = [(7, 5, 3, 2, 40), (6, 6, 2, 2, 41), (5, 6, 3, 1, 42)];
+    for (h, w, size, stride, seed) in cases {
+        let s = Pool {
+            n: 2,
+            c: 3,
+            h,
+            w,
+            size,
+            stride,
+        };
+        let mut rng = SplitMix64::new(seed);
+        let x = rng.vec(s.n * s.c * s.h * s.w);
+        let r = rng.vec(s.n * s.c * s.h_out() * s.w_out());
+        expect_pass(
+            &format!("avgpool {s:?}"),
+            check(
+                |x| projection_loss(&avgpool_forward(&s, x), &r),
+                &x,
+                &avgpool_backward(&s, x.len(), &r),
+                never,
+                &GradCheck::default(),
+            ),
+        );
+    }
+}
+
 // ---- fully connected ---------------------------------------------------------------------------
 
 #[test]

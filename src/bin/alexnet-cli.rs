@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
-use alexnet::arch::{summary_table, ArchConfig};
+use alexnet::arch::{summary_table, ArchConfig, Net};
 use alexnet::checkpoint::{Checkpoint, TrainState};
 use alexnet::data::Stats;
 use alexnet::dist::Comm;
@@ -51,15 +51,21 @@ enum Command {
     },
     /// Print the layer table: shapes, parameters and multiply-adds per layer.
     Summary {
-        /// Number of classes.
-        #[arg(long, default_value_t = 1000, value_parser = settings::count_in(2, MAX_CLASSES))]
-        classes: usize,
-        /// Input side in pixels.
-        #[arg(long, default_value_t = 227, value_parser = settings::count_in(1, MAX_INPUT))]
-        input_size: usize,
-        /// `paper` (two columns) or `one-column` (footnote 2).
+        /// Number of classes. Default: the net's own (1000 for the paper's nets, 10 for
+        /// cifar10, a net file's last layer's width).
+        #[arg(long, value_parser = settings::count_in(2, MAX_CLASSES))]
+        classes: Option<usize>,
+        /// Input side in pixels. Default: the net's own (227, cifar10 32, a net file's
+        /// `input_size` or 227).
+        #[arg(long, value_parser = settings::count_in(1, MAX_INPUT))]
+        input_size: Option<usize>,
+        /// `paper` (two columns), `one-column` (footnote 2) or `cifar10` (cuda-convnet's).
         #[arg(long, value_enum, default_value_t = alexnet::train::PresetArg::Paper)]
         preset: alexnet::train::PresetArg,
+        /// A net file (TOML, or JSON by its .json extension; one section per layer) instead of
+        /// a preset.
+        #[arg(long, value_name = "FILE", conflicts_with = "preset")]
+        net: Option<PathBuf>,
     },
     /// Turn a folder of images (ImageFolder or ILSVRC layout) into a packed dataset with its
     /// mean image and RGB PCA.
@@ -372,16 +378,13 @@ fn run(cli: Cli) -> Result<()> {
             classes,
             input_size,
             preset,
+            net,
         } => {
-            let cfg = ArchConfig {
-                classes,
-                input_size,
-                preset: match preset {
-                    alexnet::train::PresetArg::Paper => alexnet::arch::Preset::Paper,
-                    alexnet::train::PresetArg::OneColumn => alexnet::arch::Preset::OneColumn,
-                },
-                ..ArchConfig::default()
+            let net = match net {
+                Some(path) => Net::Table(alexnet::netfile::read(&path)?),
+                None => preset.net(),
             };
+            let cfg = ArchConfig::for_net(net, classes, input_size);
             print!("{}", summary_table(&cfg)?);
             Ok(())
         }
@@ -681,24 +684,22 @@ fn profile_layers<E: Engine>(
         "{:<7} {:>10} {:>10} {:>12} {:>12}",
         "layer", "fwd ms", "bwd ms", "fwd GFLOP/s", "bwd GFLOP/s"
     );
-    for (name, f, b, macs) in model.layer_times() {
-        let flops = 2.0 * macs as f64 * batch as f64;
-        let rate = |t: f64, mult: f64| {
+    for t in model.layer_times() {
+        let rate = |seconds: f64, macs: u64| {
             if macs == 0 {
                 "-".to_string()
             } else {
-                format!("{:.1}", mult * flops / t.max(1e-12) / 1e9)
+                let flops = 2.0 * macs as f64 * batch as f64;
+                format!("{:.1}", flops / seconds.max(1e-12) / 1e9)
             }
         };
-        // The backward of a conv/fc layer does two products (data and weights) the size of
-        // the forward; conv1's data gradient is skipped.
-        let bwd_mult = if name == "conv1" { 1.0 } else { 2.0 };
         println!(
-            "{name:<7} {:>10.2} {:>10.2} {:>12} {:>12}",
-            f * 1e3,
-            b * 1e3,
-            rate(f, 1.0),
-            rate(b, bwd_mult)
+            "{:<7} {:>10.2} {:>10.2} {:>12} {:>12}",
+            t.name,
+            t.forward_s * 1e3,
+            t.backward_s * 1e3,
+            rate(t.forward_s, t.forward_macs),
+            rate(t.backward_s, t.backward_macs)
         );
     }
     // What the rows do not cover: the forward's input upload (host to device; measured here on
@@ -707,7 +708,7 @@ fn profile_layers<E: Engine>(
     let (rows_f, rows_b) = model
         .layer_times()
         .iter()
-        .fold((0.0, 0.0), |(f, b), t| (f + t.1, b + t.2));
+        .fold((0.0, 0.0), |(f, b), t| (f + t.forward_s, b + t.backward_s));
     println!(
         "input upload {:.2} ms, loss {:.2} ms, sgd update {:.2} ms; rows: forward {:.2} ms, backward {:.2} ms",
         (forward_total - rows_f).max(0.0) * 1e3,

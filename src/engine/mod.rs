@@ -74,7 +74,7 @@ impl ConvShape {
 /// Cross-channel local response normalisation (Section 3.3):
 /// `b[i] = a[i] / (k + alpha' * sum_{j=max(0,i-n/2)}^{min(N-1,i+n/2)} a[j]^2)^beta`,
 /// where `alpha' = alpha` (the paper) or `alpha / n` (Caffe, cuda-convnet, PyTorch).
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LrnParams {
     pub size: usize,
     pub alpha: f32,
@@ -122,9 +122,9 @@ impl LrnShape {
     }
 }
 
-/// Max pooling with window `size` and stride `stride`, no padding. Output size
-/// `(h - size) / stride + 1` (floor). Ties: the first maximum in row-major window order wins
-/// (gets the whole gradient).
+/// Pooling (max or average) with window `size` and stride `stride`, no padding. Output size
+/// `(h - size) / stride + 1` (floor). Max pooling's ties: the first maximum in row-major window
+/// order wins (gets the whole gradient).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PoolShape {
     pub n: usize,
@@ -372,6 +372,12 @@ pub trait Engine: Send + Sync {
         dy: &Self::Buf,
         dx: &mut Self::Buf,
     ) -> Result<()>;
+
+    // ---- average pooling ----
+    /// y[N,C,Ho,Wo] = mean over each size x size window of x[N,C,H,W]
+    fn avgpool_forward(&self, s: &PoolShape, x: &Self::Buf, y: &mut Self::Buf) -> Result<()>;
+    /// dx[N,C,H,W] = sum over the windows that hold each x of dy / size^2
+    fn avgpool_backward(&self, s: &PoolShape, dy: &Self::Buf, dx: &mut Self::Buf) -> Result<()>;
 
     // ---- fully connected ----
     /// y[N,out] = x[N,in] w[out,in]^T + b[out]

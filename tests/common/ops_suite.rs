@@ -486,6 +486,37 @@ pub fn maxpool<E: Engine>(e: &E, fwd: Tol, bwd: Tol) {
     }
 }
 
+/// Average pooling on the same shapes as max pooling (overlapping, a dropped partial window,
+/// non-overlapping, stride 1), forward and backward against the oracle.
+pub fn avgpool<E: Engine>(e: &E, tol: Tol) {
+    for (i, s) in pool_shapes().iter().enumerate() {
+        let mut rng = Rng::new(1050 + i as u64);
+        let x = uniform(&mut rng, s.x_len(), 1.0);
+        let dy = uniform(&mut rng, s.y_len(), 1.0);
+        let mut y = poisoned(e, s.y_len());
+        e.avgpool_forward(s, &upload(e, &x), &mut y)
+            .expect("avgpool_forward");
+        let rs = ref_pool(s);
+        let want_y = reference::avgpool_forward(&rs, &widen(&x));
+        assert_close(
+            &format!("avgpool forward {s:?}"),
+            &download(e, &y),
+            &want_y,
+            tol,
+        );
+        let mut dx = poisoned(e, s.x_len());
+        e.avgpool_backward(s, &upload(e, &dy), &mut dx)
+            .expect("avgpool_backward");
+        let want_dx = reference::avgpool_backward(&rs, s.x_len(), &widen(&dy));
+        assert_close(
+            &format!("avgpool backward {s:?}"),
+            &download(e, &dx),
+            &want_dx,
+            tol,
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // pointwise, dropout, loss, optimiser
 // ---------------------------------------------------------------------------------------------
@@ -878,6 +909,19 @@ pub fn shape_errors<E: Engine>(e: &E) {
     assert_shape_err(
         "maxpool window",
         e.maxpool_forward(&too_small, &buf(28), &mut buf(1)),
+    );
+    assert_shape_err("avgpool_forward", e.avgpool_forward(&ps, &px, &mut buf(3)));
+    assert_shape_err(
+        "avgpool_backward dy",
+        e.avgpool_backward(&ps, &buf(3), &mut buf(ps.x_len())),
+    );
+    assert_shape_err(
+        "avgpool_backward dx",
+        e.avgpool_backward(&ps, &py, &mut buf(3)),
+    );
+    assert_shape_err(
+        "avgpool window",
+        e.avgpool_forward(&too_small, &buf(28), &mut buf(1)),
     );
 
     let f = FcShape {

@@ -7,7 +7,7 @@
 //! streams 139-152, while one GEMM threaded internally only 72-81. So every op cuts its work into
 //! exactly `threads` contiguous parts that each run single-threaded GEMMs on their own scratch
 //! buffers (`Scratch`, one per part, reused across calls): images of the batch for convolution,
-//! output columns for the fully connected layers, planes for LRN and pooling.
+//! output columns for the fully connected layers, planes for LRN and pooling (max and average).
 //!
 //! Measured on the 2-core machine while other jobs held about one core (so per CPU-second):
 //! conv layers at batch 128 run at 55-69 GFLOP/s per core against 76-83 for a plain 2048^3
@@ -339,6 +339,14 @@ impl Engine for CpuEngine {
         dx: &mut Vec<f32>,
     ) -> Result<()> {
         pool::backward(self, s, x, y, dy, dx)
+    }
+
+    fn avgpool_forward(&self, s: &PoolShape, x: &Vec<f32>, y: &mut Vec<f32>) -> Result<()> {
+        pool::avg_forward(self, s, x, y)
+    }
+
+    fn avgpool_backward(&self, s: &PoolShape, dy: &Vec<f32>, dx: &mut Vec<f32>) -> Result<()> {
+        pool::avg_backward(self, s, dy, dx)
     }
 
     fn fc_forward(

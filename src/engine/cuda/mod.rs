@@ -739,6 +739,58 @@ impl Engine for CudaEngine {
         status::check(&st)
     }
 
+    // y[N,C,Ho,Wo] = mean over each window of x[N,C,H,W]
+    fn avgpool_forward(&self, s: &PoolShape, x: &DeviceBuffer, y: &mut DeviceBuffer) -> Result<()> {
+        plan::pool("avgpool_forward", s, x.len(), y.len(), None)?;
+        let inner = self.lock();
+        // SAFETY: x and y hold the shape's lengths and the window fits the image (checked).
+        let st = unsafe {
+            ffi::anc_avgpool_forward(
+                inner.ctx,
+                (s.n * s.c) as i64,
+                s.h as i64,
+                s.w as i64,
+                s.size as i64,
+                s.stride as i64,
+                x.as_ptr(),
+                y.as_mut_ptr(),
+            )
+        };
+        status::check(&st)
+    }
+
+    // dx[N,C,H,W] = sum over the windows holding each x of dy / size^2
+    fn avgpool_backward(
+        &self,
+        s: &PoolShape,
+        dy: &DeviceBuffer,
+        dx: &mut DeviceBuffer,
+    ) -> Result<()> {
+        // Average pooling's backward reads no x or y: their lengths are the shape's by definition.
+        plan::pool(
+            "avgpool_backward",
+            s,
+            s.x_len(),
+            s.y_len(),
+            Some((dy.len(), dx.len())),
+        )?;
+        let inner = self.lock();
+        // SAFETY: dy and dx hold the shape's lengths and the window fits the image (checked).
+        let st = unsafe {
+            ffi::anc_avgpool_backward(
+                inner.ctx,
+                (s.n * s.c) as i64,
+                s.h as i64,
+                s.w as i64,
+                s.size as i64,
+                s.stride as i64,
+                dy.as_ptr(),
+                dx.as_mut_ptr(),
+            )
+        };
+        status::check(&st)
+    }
+
     // y[N,out] = x[N,in] w[out,in]^T + b[out]
     fn fc_forward(
         &self,

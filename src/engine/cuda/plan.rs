@@ -193,7 +193,7 @@ pub fn lrn(op: &str, s: &LrnShape, size: usize, lens: &[(&str, usize)]) -> Resul
     Ok(())
 }
 
-/// Max-pool geometry (window inside the image, positive stride) and the lengths of x and y, and
+/// Pooling geometry (window inside the image, positive stride) and the lengths of x and y, and
 /// of dy and dx when given.
 pub fn pool(
     op: &str,
