@@ -3,10 +3,11 @@
 //!   mpirun -np 2 alexnet-dist-check check          # collectives give the right sums
 //!   mpirun -np 2 alexnet-dist-check bench [FLOATS] # all-reduce time and GB/s (default: 61M f32,
 //!                                                  # the paper net's gradients)
-//!   mpirun -np 2 alexnet-dist-check die|die-before-init|hang|mismatch
-//!                                                  # faults: rank 1 exits before a collective,
-//!                                                  # before MPI starts, never arrives, or runs
-//!                                                  # another configuration
+//!   mpirun -np 2 alexnet-dist-check die|crash|die-before-init|hang|mismatch
+//!                                                  # faults: rank 1 exits or is killed by a
+//!                                                  # signal before a collective, exits before
+//!                                                  # MPI starts, never arrives, or runs another
+//!                                                  # configuration
 //!
 //! Exit status 0 when the check passes; the fault modes must end every rank with an error.
 
@@ -47,10 +48,14 @@ fn main() -> ExitCode {
             bench(&comm, floats);
             ExitCode::SUCCESS
         }
-        "die" | "die-before-init" | "hang" => {
+        "die" | "crash" | "die-before-init" | "hang" => {
             if comm.rank() == 1 && mode == "die" {
                 eprintln!("dist-check: rank 1 exits before the all-reduce (fault injected)");
                 std::process::exit(3);
+            }
+            if comm.rank() == 1 && mode == "crash" {
+                eprintln!("dist-check: rank 1 aborts before the all-reduce (fault injected)");
+                std::process::abort();
             }
             if comm.rank() == 1 && mode == "hang" {
                 eprintln!("dist-check: rank 1 sleeps instead of the all-reduce (fault injected)");
@@ -72,7 +77,9 @@ fn main() -> ExitCode {
             }
         },
         other => {
-            eprintln!("unknown mode {other:?}: check, bench, die, die-before-init, hang, mismatch");
+            eprintln!(
+                "unknown mode {other:?}: check, bench, die, crash, die-before-init, hang, mismatch"
+            );
             ExitCode::from(2)
         }
     }
