@@ -6,7 +6,6 @@
 //! on the global batch's gradient. Communication is the `dist` module's (MPI, NCCL).
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use crate::data::Dataset;
 use crate::dist::{self, Comm};
@@ -19,10 +18,6 @@ use crate::trainer::GradientSync;
 pub struct Replicas<'c> {
     comm: &'c Comm,
     bucket_bytes: usize,
-    /// Seconds spent averaging gradients (copies and all-reduces), summed over steps.
-    pub sync_seconds: f64,
-    /// Gradient bytes each step all-reduces.
-    pub bytes_per_step: usize,
 }
 
 impl<'c> Replicas<'c> {
@@ -30,8 +25,6 @@ impl<'c> Replicas<'c> {
         Replicas {
             comm,
             bucket_bytes: dist::DEFAULT_BUCKET_BYTES,
-            sync_seconds: 0.0,
-            bytes_per_step: 0,
         }
     }
 }
@@ -45,11 +38,9 @@ impl<E: Engine> GradientSync<E> for Replicas<'_> {
     /// to the host and started on its all-reduce before the next is copied, so the copies overlap
     /// the reductions; then each summed bucket is scaled by 1/N and copied back.
     fn average_gradients(&mut self, engines: &[E], model: &mut Network<E>) -> Result<()> {
-        let t0 = Instant::now();
         let mut params = model.params_mut(engines);
         params.reverse();
         let sizes: Vec<usize> = params.iter().map(|(_, p)| p.len()).collect();
-        self.bytes_per_step = sizes.iter().sum::<usize>() * std::mem::size_of::<f32>();
         let mut in_flight = Vec::new();
         for range in dist::buckets(&sizes, self.bucket_bytes) {
             let mut bucket = vec![0f32; sizes[range.clone()].iter().sum()];
@@ -71,7 +62,6 @@ impl<E: Engine> GradientSync<E> for Replicas<'_> {
                 at += n;
             }
         }
-        self.sync_seconds += t0.elapsed().as_secs_f64();
         Ok(())
     }
 

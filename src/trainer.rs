@@ -73,6 +73,8 @@ pub struct Trainer<'e, E: Engine> {
     sync: Box<dyn GradientSync<E> + 'e>,
     /// The last checkpoint written, named when a step diverges.
     pub last_saved: Option<PathBuf>,
+    /// Seconds spent averaging gradients across replicas, summed over steps.
+    pub sync_seconds: f64,
 }
 
 impl<'e, E: Engine> Trainer<'e, E> {
@@ -90,6 +92,7 @@ impl<'e, E: Engine> Trainer<'e, E> {
             sgd,
             sync,
             last_saved: None,
+            sync_seconds: 0.0,
         }
     }
 
@@ -132,7 +135,9 @@ impl<'e, E: Engine> Trainer<'e, E> {
         if !result.loss.is_finite() {
             return Err(self.divergence(result.loss));
         }
+        let t0 = std::time::Instant::now();
         self.sync.average_gradients(engines, &mut self.model)?;
+        self.sync_seconds += t0.elapsed().as_secs_f64();
         self.model.sgd_step(engines, self.state.lr, &self.sgd)?;
         self.state.step += 1;
         self.state.batch_in_epoch += 1;

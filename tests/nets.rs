@@ -11,7 +11,7 @@ use alexnet::engine::cpu::CpuEngine;
 use alexnet::model::{Init, Model, Sgd};
 use alexnet::rng::Rng;
 use alexnet::train::{train, TrainArgs};
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Parser};
 
 /// The trainer's flags as the CLI would parse them.
 #[derive(Parser)]
@@ -20,10 +20,14 @@ struct Cli {
     args: TrainArgs,
 }
 
+/// The flags as the CLI parses them, with those given marked as given (resume compares them).
 fn args(extra: &[&str]) -> TrainArgs {
     let mut argv = vec!["train", "--quiet"];
     argv.extend_from_slice(extra);
-    Cli::try_parse_from(argv).unwrap().args
+    let matches = Cli::command().try_get_matches_from(argv).unwrap();
+    let mut args = Cli::from_arg_matches(&matches).unwrap().args;
+    args.explicit = alexnet::settings::explicit_flags(&matches);
+    args
 }
 
 fn example(file: &str) -> PathBuf {
@@ -33,7 +37,7 @@ fn example(file: &str) -> PathBuf {
 }
 
 /// A few steps on the built-in dataset at 32 px (10 classes, as the file's classifier says).
-const SMALL_RUN: [&str; 14] = [
+const SMALL_RUN: [&str; 12] = [
     "--input-size",
     "32",
     "--batch-size",
@@ -42,8 +46,6 @@ const SMALL_RUN: [&str; 14] = [
     "32",
     "--builtin-val",
     "16",
-    "--threads",
-    "2",
     "--workers",
     "2",
     "--classes",
@@ -64,7 +66,13 @@ fn a_net_file_trains_checkpoints_and_resumes_exactly() {
         a.extend_from_slice(extra);
         train(std::slice::from_ref(&e), &args(&a), &stop).unwrap()
     };
-    let full = run(&["--steps", "6"]);
+    let whole = tempfile::tempdir().unwrap();
+    let full = run(&[
+        "--steps",
+        "6",
+        "--checkpoint-dir",
+        whole.path().to_str().unwrap(),
+    ]);
     assert!(
         full.losses.iter().all(|l| l.is_finite()),
         "{:?}",
@@ -86,8 +94,14 @@ fn the_cifar10_preset_trains_at_32_px_like_its_file() {
     let stop = AtomicBool::new(false);
     let e = CpuEngine::new(2).unwrap();
     let run = |net: &[&str]| {
+        let dir = tempfile::tempdir().unwrap();
         let mut a = SMALL_RUN.to_vec();
-        a.extend(["--steps", "3"]);
+        a.extend([
+            "--steps",
+            "3",
+            "--checkpoint-dir",
+            dir.path().to_str().unwrap(),
+        ]);
         a.extend_from_slice(net);
         train(std::slice::from_ref(&e), &args(&a), &stop)
             .unwrap()
@@ -136,9 +150,11 @@ fn a_net_file_for_other_classes_is_a_clear_error() {
     let stop = AtomicBool::new(false);
     let e = CpuEngine::new(1).unwrap();
     let file = example("cifar10.toml");
+    let runs = tempfile::tempdir().unwrap();
     let mut a = SMALL_RUN.to_vec();
     a[SMALL_RUN.len() - 1] = "4";
     a.extend(["--steps", "1", "--net", file.to_str().unwrap()]);
+    a.extend(["--runs-dir", runs.path().to_str().unwrap()]);
     let err = train(std::slice::from_ref(&e), &args(&a), &stop)
         .unwrap_err()
         .to_string();

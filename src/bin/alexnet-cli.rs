@@ -12,6 +12,7 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use alexnet::arch::{summary_table, ArchConfig, Net};
 use alexnet::checkpoint::{Checkpoint, TrainState};
 use alexnet::data::Stats;
+use alexnet::data_parallel::Replicas;
 use alexnet::dist::Comm;
 use alexnet::engine::cpu::CpuEngine;
 use alexnet::engine::Engine;
@@ -20,7 +21,7 @@ use alexnet::model::{Init, Model, Sgd};
 use alexnet::parallel::Network;
 use alexnet::settings::{self, MAX_BATCH, MAX_CLASSES, MAX_INPUT, MAX_THREADS};
 use alexnet::train::{load_weights, train_in, TrainArgs};
-use alexnet::trainer::{Alone, Trainer};
+use alexnet::trainer::{Alone, GradientSync, Trainer};
 use alexnet::{Error, Result};
 
 #[derive(Parser)]
@@ -546,8 +547,18 @@ fn run(cli: Cli) -> Result<()> {
                 device.device = Device::Cuda;
             }
             let split = gpus.or(executors);
+            let comm = Comm::from_env()?;
+            if comm.size() > 1 {
+                device.gpu += comm.local_rank();
+            }
+            let shape = BenchShape {
+                batch: batch_size,
+                steps,
+                classes,
+                input_size,
+            };
             with_engines!(&device, device.threads, split.unwrap_or(1), |es| {
-                bench(&es, split.is_some(), batch_size, steps, classes, input_size)
+                bench(&es, split.is_some(), &shape, &comm)
             })
         }
     }
@@ -589,58 +600,112 @@ fn load_models<E: Engine>(
 
 /// Times full training steps (forward, backward, SGD) on random data and prints images/s; one
 /// executor also gets a per-layer table, a split run the bytes crossing between its columns.
-fn bench<E: Engine>(
-    engines: &[E],
-    split: bool,
+/// What `bench` measures: steps of the paper's net at a global batch.
+struct BenchShape {
     batch: usize,
     steps: usize,
     classes: usize,
     input_size: usize,
-) -> Result<()> {
+}
+
+fn bench<E: Engine>(engines: &[E], split: bool, shape: &BenchShape, comm: &Comm) -> Result<()> {
+    let BenchShape {
+        batch,
+        steps,
+        classes,
+        input_size,
+    } = *shape;
     let cfg = ArchConfig {
         classes,
         input_size,
         ..ArchConfig::default()
     };
     let flops_per_image: u64 = 3 * 2 * cfg.plan()?.iter().map(|p| p.macs).sum::<u64>();
-    let model = Network::new(engines, split, cfg.clone(), Init::Caffe, 1, batch)?;
-    let mut rng = alexnet::rng::Rng::new(5);
-    let images: Vec<f32> = (0..batch * 3 * input_size * input_size)
+    let (rank, ranks) = (comm.rank(), comm.size());
+    if !batch.is_multiple_of(ranks) {
+        return Err(Error::Config(format!(
+            "--batch-size {batch} (the global batch) does not split evenly over {ranks} ranks"
+        )));
+    }
+    let local = batch / ranks;
+    let mut model = Network::new(engines, split, cfg.clone(), Init::Caffe, 1, local)?;
+    model.set_first_image(rank * local);
+    alexnet::data_parallel::broadcast_weights(comm, engines, &mut model)?;
+    let mut rng = alexnet::rng::Rng::new(5 + rank as u64);
+    let images: Vec<f32> = (0..local * 3 * input_size * input_size)
         .map(|_| rng.normal() as f32 * 50.0)
         .collect();
-    let labels: Vec<u32> = (0..batch).map(|_| rng.below(classes) as u32).collect();
-    println!(
-        "engine: {}",
-        alexnet::train::engines_description(engines, split, &cfg)
-    );
+    let labels: Vec<u32> = (0..local).map(|_| rng.below(classes) as u32).collect();
+    let leader = rank == 0;
+    if leader {
+        println!(
+            "engine: {}{}",
+            alexnet::train::engines_description(engines, split, &cfg),
+            match ranks {
+                1 => String::new(),
+                n => format!("; data-parallel: {n} ranks, global batch {batch} ({local} per rank)"),
+            }
+        );
+    }
     // The training step exactly as `train` takes it, the next batch (the same one here)
-    // uploaded during each forward.
+    // uploaded during each forward, the gradients averaged across ranks.
     let state = TrainState::fresh(1, 0.001);
-    let mut trainer = Trainer::new(engines, model, state, Sgd::default(), Box::new(Alone));
+    let sync: Box<dyn GradientSync<E>> = match ranks {
+        1 => Box::new(Alone),
+        _ => Box::new(Replicas::new(comm)),
+    };
+    let mut trainer = Trainer::new(engines, model, state, Sgd::default(), sync);
     trainer.start(&images)?;
     let mut times = Vec::new();
+    let mut sync_times = Vec::new();
     for step in 0..=steps {
         let t0 = Instant::now();
+        let synced_before = trainer.sync_seconds;
         let r = trainer.step(&labels, || Some(images.as_slice()))?;
         for e in engines {
             e.synchronize()?;
         }
         let dt = t0.elapsed().as_secs_f64();
+        let sync = trainer.sync_seconds - synced_before;
         if step > 0 {
             times.push(dt);
+            sync_times.push(sync);
         }
-        println!(
-            "step {step}{}: {:.3} s, loss {:.4}",
-            if step == 0 { " (warm-up)" } else { "" },
-            dt,
-            r.loss
-        );
+        if leader {
+            println!(
+                "step {step}{}: {:.3} s, loss {:.4}{}",
+                if step == 0 { " (warm-up)" } else { "" },
+                dt,
+                r.loss,
+                match ranks {
+                    1 => String::new(),
+                    _ => format!(", gradient all-reduce {:.3} s", sync),
+                }
+            );
+        }
     }
     times.sort_by(f64::total_cmp);
+    sync_times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];
     let flops = flops_per_image as f64 * batch as f64;
+    if !leader {
+        return Ok(());
+    }
+    if ranks > 1 {
+        let bytes: u64 = 4 * cfg.plan()?.iter().map(|p| p.params).sum::<u64>();
+        let s = sync_times[sync_times.len() / 2];
+        println!(
+            "gradient all-reduce per step: {:.1} MB, median {:.3} s ({:.0}% of the step, {:.2} GB/s \
+             algorithm bandwidth); not overlapped with backward",
+            bytes as f64 / 1e6,
+            s,
+            100.0 * s / median,
+            bytes as f64 / s.max(1e-9) / 1e9
+        );
+    }
     match &mut trainer.model {
-        Network::Whole(m) => profile_layers(&engines[0], m, &images, &labels)?,
+        Network::Whole(m) if ranks == 1 => profile_layers(&engines[0], m, &images, &labels)?,
+        Network::Whole(_) => {}
         Network::Columns(c) => {
             let t = c.traffic();
             println!(
