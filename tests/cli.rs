@@ -117,6 +117,11 @@ fn every_numeric_flag_is_range_checked_before_any_work() {
     ];
     let device = vec!["bench".to_string(), "--device".into(), "cuda".into()];
     let summary = vec!["summary".to_string()];
+    let prepare = vec![
+        "prepare".to_string(),
+        empty.to_str().unwrap().into(),
+        tmp.path().join("out").to_str().unwrap().into(),
+    ];
     type Range = (&'static str, f64, Option<f64>, bool);
     let cases: Vec<(&Vec<String>, Vec<Range>)> = vec![
         (
@@ -156,6 +161,14 @@ fn every_numeric_flag_is_range_checked_before_any_work() {
             vec![
                 ("--classes", 2.0, Some(1048576.0), true),
                 ("--input-size", 1.0, Some(65536.0), true),
+            ],
+        ),
+        (
+            &prepare,
+            vec![
+                ("--side", 1.0, Some(8192.0), true),
+                ("--shard-size", 1.0, Some(65536.0), true),
+                ("--threads", 0.0, Some(1024.0), true),
             ],
         ),
     ];

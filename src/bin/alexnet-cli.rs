@@ -306,7 +306,8 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err}");
+            // One write: under mpirun several ranks' messages must not interleave.
+            alexnet::dist::eprint_line(&format!("error: {err}"));
             ExitCode::FAILURE
         }
     }

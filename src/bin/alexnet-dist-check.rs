@@ -14,7 +14,7 @@
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use alexnet::dist::{buckets, Comm};
+use alexnet::dist::{self, buckets, Comm};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -30,7 +30,7 @@ fn main() -> ExitCode {
     let comm = match Comm::from_env() {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("error: {e}");
+            dist::eprint_line(&format!("error: {e}"));
             return ExitCode::FAILURE;
         }
     };
@@ -72,7 +72,7 @@ fn main() -> ExitCode {
         "mismatch" => match comm.agree_on("configuration", 0xa1e5 + (comm.rank() == 1) as u64) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("error on rank {}: {e}", comm.rank());
+                dist::eprint_line(&format!("error on rank {}: {e}", comm.rank()));
                 ExitCode::from(2)
             }
         },

@@ -25,6 +25,11 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+/// The largest stored side (192 MiB per image) and shard (images per file): far above use, and
+/// they keep a shard's size computable and each image allocatable.
+const MAX_SIDE: u64 = 8192;
+const MAX_SHARD: u64 = 1 << 16;
+
 /// Prepare a dataset for training: decode every image, rescale its shorter side to 256, keep the
 /// central 256x256 (as in the paper), store them in memory-mappable shards, and compute the mean
 /// image and the RGB PCA over the training images.
@@ -58,16 +63,16 @@ pub struct PrepareArgs {
     #[arg(long)]
     pub strict: bool,
     /// Worker threads (0 = all cores).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = crate::settings::count_in(0, crate::settings::MAX_THREADS))]
     pub threads: usize,
     /// Seed of the --val-fraction split.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Stored image side (the paper: 256).
-    #[arg(long, default_value_t = 256)]
+    /// Stored image side (the paper: 256), at most 8192.
+    #[arg(long, default_value_t = 256, value_parser = crate::settings::count_in(1, MAX_SIDE))]
     pub side: usize,
-    /// Images per shard file (the unit of resumption).
-    #[arg(long, default_value_t = 1024)]
+    /// Images per shard file (the unit of resumption), at most 65536.
+    #[arg(long, default_value_t = 1024, value_parser = crate::settings::count_in(1, MAX_SHARD))]
     pub shard_size: usize,
     /// Ignore EXIF orientation tags (store pixels as encoded, as older pipelines did).
     #[arg(long)]

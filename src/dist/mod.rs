@@ -269,7 +269,7 @@ impl Comm {
     pub fn abort(&self, msg: &str) -> ! {
         match self {
             Comm::Single => {
-                eprintln!("error: {msg}");
+                eprint_line(&format!("error: {msg}"));
                 std::process::exit(1)
             }
             #[cfg(feature = "mpi")]
@@ -316,6 +316,16 @@ impl Pending<'_> {
             PendingInner::Mpi(p) => p.wait(),
         }
     }
+}
+
+/// Prints `line` to stderr in one write: `eprintln!` writes each formatted piece separately, and
+/// `mpirun` interleaves the pieces of several ranks' messages printed at the same moment.
+pub fn eprint_line(line: &str) {
+    use std::io::Write;
+    let mut bytes = line.as_bytes().to_vec();
+    bytes.push(b'\n');
+    // Nothing useful is left to do if stderr itself is gone.
+    let _ = std::io::stderr().write_all(&bytes);
 }
 
 /// Groups tensors into all-reduce buckets of about `cap_bytes` (f32 elements): `sizes` are the

@@ -176,10 +176,10 @@ impl MpiComm {
 
     /// Prints `msg` naming this rank, then ends every rank of the job.
     pub fn abort(&self, msg: &str) -> ! {
-        eprintln!(
+        super::eprint_line(&format!(
             "alexnet: rank {} of {}: {msg}; aborting all ranks",
             self.rank, self.size
-        );
+        ));
         // SAFETY: the world communicator is valid until MPI is finalised, which only dropping
         // `self` does. MPI_Abort does not return when it succeeds.
         unsafe { ffi::MPI_Abort(self.world, 1) };
