@@ -103,7 +103,7 @@ pub struct TrainArgs {
     /// conv2..conv5; the FC layers must stay in the list.
     #[arg(long, value_delimiter = ',', value_name = "LAYERS")]
     pub cross_column: Option<Vec<String>>,
-    /// Dropout probability in fc6 and fc7. Default: the paper's 0.5 with --data; 0 on the
+    /// Dropout probability in every dropout row (fc6 and fc7 in the paper's nets). Default: the paper's 0.5 with --data; 0 on the
     /// built-in dataset (its quick demo: dropout "roughly doubles the number of iterations
     /// required to converge", Section 4.2). In [0, 1).
     #[arg(long, value_parser = settings::below_one)]
@@ -441,7 +441,7 @@ pub fn train_in<E: Engine>(
     let arch = checked_arch(args, &data)?;
     // Only rank 0 writes: the run directory, checkpoints, the metrics log.
     let output = match replica.leader() {
-        true => Some(RunOutput::open(args, resumed.is_some())?),
+        true => Some(RunOutput::open(args)?),
         false => None,
     };
     let (mut model, state) = build_model(
@@ -558,13 +558,12 @@ struct RunOutput {
 }
 
 impl RunOutput {
-    fn open(args: &TrainArgs, resumed: bool) -> Result<Self> {
+    fn open(args: &TrainArgs) -> Result<Self> {
         let run_dir = crate::run::run_directory(args)?;
         let log_path = args
             .log
             .clone()
             .unwrap_or_else(|| run_dir.join(crate::run::METRICS_FILE));
-        debug_assert_eq!(resumed, args.resume);
         Ok(RunOutput {
             dir: CheckpointDir::new(&run_dir, args.keep)?,
             log_path,

@@ -1,6 +1,8 @@
 //! Nets as data, end to end: a net file trains, checkpoints and resumes like a preset; the
 //! `cifar10` preset trains at 32 px; `summary` prints any table; bad net files are clear errors.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::AtomicBool;
@@ -10,25 +12,9 @@ use alexnet::checkpoint::Checkpoint;
 use alexnet::engine::cpu::CpuEngine;
 use alexnet::model::{Init, Model, Sgd};
 use alexnet::rng::Rng;
-use alexnet::train::{train, TrainArgs};
-use clap::{CommandFactory, FromArgMatches, Parser};
+use alexnet::train::train;
 
-/// The trainer's flags as the CLI would parse them.
-#[derive(Parser)]
-struct Cli {
-    #[command(flatten)]
-    args: TrainArgs,
-}
-
-/// The flags as the CLI parses them, with those given marked as given (resume compares them).
-fn args(extra: &[&str]) -> TrainArgs {
-    let mut argv = vec!["train", "--quiet"];
-    argv.extend_from_slice(extra);
-    let matches = Cli::command().try_get_matches_from(argv).unwrap();
-    let mut args = Cli::from_arg_matches(&matches).unwrap().args;
-    args.explicit = alexnet::settings::explicit_flags(&matches);
-    args
-}
+use common::train_args as args;
 
 fn example(file: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -9,29 +9,9 @@ use alexnet::arch::ArchConfig;
 use alexnet::engine::cpu::CpuEngine;
 use alexnet::model::{Init, Model, Sgd};
 use alexnet::rng::Rng;
-use alexnet::train::{train, TrainArgs};
-use clap::{CommandFactory, FromArgMatches, Parser};
+use alexnet::train::train;
 
-/// The trainer's flags as the CLI would parse them.
-#[derive(Parser)]
-struct Cli {
-    #[command(flatten)]
-    args: TrainArgs,
-}
-
-/// The trainer's flags as the CLI parses them, with the flags given marked as such.
-fn try_args(extra: &[&str]) -> Result<TrainArgs, clap::Error> {
-    let mut argv = vec!["train", "--quiet"];
-    argv.extend_from_slice(extra);
-    let matches = Cli::command().try_get_matches_from(argv)?;
-    let mut args = Cli::from_arg_matches(&matches)?.args;
-    args.explicit = alexnet::settings::explicit_flags(&matches);
-    Ok(args)
-}
-
-fn args(extra: &[&str]) -> TrainArgs {
-    try_args(extra).unwrap()
-}
+use common::{train_args as args, try_train_args as try_args};
 
 #[test]
 fn overfits_a_tiny_batch() {

@@ -4,6 +4,31 @@
 
 pub mod ops_suite;
 
+use clap::{CommandFactory, FromArgMatches, Parser};
+
+/// `train`'s flags as a command line of their own.
+#[derive(Parser)]
+struct TrainCli {
+    #[command(flatten)]
+    args: alexnet::train::TrainArgs,
+}
+
+/// `train --quiet EXTRA...` parsed as the CLI parses it, with the flags given marked as given
+/// (a resumed run compares those with its saved settings).
+pub fn try_train_args(extra: &[&str]) -> Result<alexnet::train::TrainArgs, clap::Error> {
+    let mut argv = vec!["train", "--quiet"];
+    argv.extend_from_slice(extra);
+    let matches = TrainCli::command().try_get_matches_from(argv)?;
+    let mut args = TrainCli::from_arg_matches(&matches)?.args;
+    args.explicit = alexnet::settings::explicit_flags(&matches);
+    Ok(args)
+}
+
+/// [`try_train_args`] for flags known to parse.
+pub fn train_args(extra: &[&str]) -> alexnet::train::TrainArgs {
+    try_train_args(extra).expect("test flags parse")
+}
+
 /// Norm-wise relative difference ‖a − b‖ / ‖b‖ over a whole tensor, in f64.
 pub fn rel_err<T: Copy + Into<f64>>(a: &[f32], b: &[T]) -> f64 {
     let num: f64 = a
