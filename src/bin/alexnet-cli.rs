@@ -336,7 +336,7 @@ fn run(cli: Cli) -> Result<()> {
             if comm.size() > 1 {
                 device.gpu += comm.local_rank();
             }
-            let result = with_engines!(&device, threads, executors, |es| {
+            let result: Result<()> = with_engines!(&device, threads, executors, |es| {
                 let s = train_in(&es, &args, &stop, &comm)?;
                 if comm.rank() != 0 {
                     return Ok(());
