@@ -13,10 +13,13 @@ LocalResponseNorm divides alpha by n, so it gets alpha = 5e-4. Each column is no
 own (the paper's GPUs normalise only their own kernel maps): split, LRN each half, concatenate.
 
 One step = forward, cross-entropy loss, backward, SGD (momentum 0.9, weight decay 5e-4), on
-random data (the data pipeline is not timed). Prints ms/step and images/s.
+random data (the data pipeline is not timed). Prints ms/step and images/s. With --inference, one
+step is a test-mode forward (model.eval(), torch.inference_mode()) and softmax, at --batch and at
+batch 1 (latency), as `alexnet-cli bench --inference` times it.
 
   python3 benches/compare_pytorch.py --threads 2 --batch 128 --steps 3
   python3 benches/compare_pytorch.py --device cuda --steps 20          # fp32, TF32 off
+  python3 benches/compare_pytorch.py --inference --threads 2 --batch 128 --steps 3
 """
 
 import argparse
@@ -67,6 +70,33 @@ def alexnet(classes: int = 1000) -> nn.Sequential:
     )
 
 
+def sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_inference(model: nn.Module, dev: torch.device, batch: int, args) -> None:
+    """Median time of a test-mode forward and softmax at `batch`, probabilities on the host."""
+    x = torch.randn(batch, 3, 227, 227, device=dev)
+
+    def forward() -> None:
+        with torch.inference_mode():
+            torch.softmax(model(x), dim=1).cpu()
+
+    forward()  # warm-up
+    sync(dev)
+    times = []
+    for _ in range(args.steps):
+        t = time.perf_counter()
+        forward()
+        sync(dev)
+        times.append(time.perf_counter() - t)
+    median = sorted(times)[len(times) // 2]
+    where = f"{args.threads} threads" if dev.type == "cpu" else torch.cuda.get_device_name()
+    print(f"pytorch {torch.__version__} {dev.type} ({where}) inference, batch {batch}: "
+          f"median {median * 1e3:.2f} ms, {batch / median:.1f} images/s")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, default=128)
@@ -74,6 +104,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3, help="timed steps (after one warm-up step)")
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument("--tf32", action="store_true", help="allow TF32 on CUDA (default: strict fp32)")
+    ap.add_argument("--inference", action="store_true",
+                    help="time the test-mode forward at --batch and at batch 1 instead of training")
     args = ap.parse_args()
 
     torch.manual_seed(0)
@@ -84,6 +116,12 @@ def main() -> None:
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = args.tf32
         torch.backends.cudnn.allow_tf32 = args.tf32
+
+    if args.inference:
+        model = alexnet().to(dev).eval()
+        for batch in dict.fromkeys([args.batch, 1]):
+            time_inference(model, dev, batch, args)
+        return
 
     model = alexnet().to(dev).train()
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
@@ -98,17 +136,13 @@ def main() -> None:
         opt.step()
         return loss.item()
 
-    def sync() -> None:
-        if args.device == "cuda":
-            torch.cuda.synchronize()
-
     step()  # warm-up: allocations, cuDNN autotuning
-    sync()
+    sync(dev)
     times = []
     for _ in range(args.steps):
         t = time.perf_counter()
         loss = step()
-        sync()
+        sync(dev)
         times.append(time.perf_counter() - t)
     best, mean = min(times), sum(times) / len(times)
     where = f"{args.threads} threads" if args.device == "cpu" else torch.cuda.get_device_name()

@@ -137,10 +137,6 @@ anc_status anc_softmax(anc_ctx *ctx, int64_t n, int64_t classes, const float *lo
 /* probs = softmax(logits); loss[n] = -ln probs[n, labels[n]]; dlogits = (probs - onehot) / N */
 anc_status anc_softmax_xent(anc_ctx *ctx, int64_t n, int64_t classes, const float *logits,
                             const uint32_t *labels, float *probs, float *dlogits, float *loss);
-/* rank[n] = number of classes ranked above the label (higher score, or equal score and lower
- * index): the label is in the top k iff rank < k. */
-anc_status anc_label_rank(anc_ctx *ctx, int64_t n, int64_t classes, const float *scores,
-                          const uint32_t *labels, uint32_t *rank);
 
 #ifdef __cplusplus
 }

@@ -350,25 +350,6 @@ __global__ void softmax_kernel(int64_t n, int64_t classes, const float *logits,
     if (threadIdx.x == 0) loss[row] = valid ? logf(s) - (z[label] - m) : NAN;
 }
 
-// rank[n] = #{j : s_j > s_label or (s_j == s_label and j < label)}
-__global__ void label_rank_kernel(int64_t n, int64_t classes, const float *scores,
-                                  const uint32_t *labels, uint32_t *rank) {
-    __shared__ float shared[ANC_THREADS];
-    int64_t row = blockIdx.x;
-    if (row >= n) return;  // whole block leaves together
-    uint32_t label = labels[row];
-    const float *s = scores + row * classes;
-    bool valid = (int64_t)label < classes;
-    float sl = valid ? s[label] : 0.0f;
-    // Counts stay exact in f32 up to 2^24 classes.
-    float count = 0.0f;
-    if (valid)
-        for (int64_t j = threadIdx.x; j < classes; j += ANC_THREADS)
-            if (s[j] > sl || (s[j] == sl && j < (int64_t)label)) count += 1.0f;
-    count = anc_block_sum(count, shared);
-    if (threadIdx.x == 0) rank[row] = valid ? (uint32_t)count : (uint32_t)classes;
-}
-
 extern "C" anc_status anc_softmax(anc_ctx *ctx, int64_t n, int64_t classes, const float *logits,
                                   float *probs) {
     if (n == 0 || classes == 0) return anc_ok();
@@ -387,15 +368,5 @@ extern "C" anc_status anc_softmax_xent(anc_ctx *ctx, int64_t n, int64_t classes,
     softmax_kernel<<<(unsigned)n, ANC_THREADS, 0, ctx->stream>>>(n, classes, logits, labels,
                                                                  probs, dlogits, loss);
     LAUNCH_CHECK("softmax_xent");
-    return anc_ok();
-}
-
-extern "C" anc_status anc_label_rank(anc_ctx *ctx, int64_t n, int64_t classes,
-                                     const float *scores, const uint32_t *labels, uint32_t *rank) {
-    if (n == 0 || classes == 0) return anc_ok();
-    ENTER(ctx);
-    label_rank_kernel<<<(unsigned)n, ANC_THREADS, 0, ctx->stream>>>(n, classes, scores, labels,
-                                                                    rank);
-    LAUNCH_CHECK("label_rank");
     return anc_ok();
 }

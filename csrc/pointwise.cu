@@ -29,17 +29,23 @@ __global__ void tanh_backward_kernel(const float *y, float *dy, size_t n) {
     GRID_STRIDE(i, n) dy[i] *= 1.0f - y[i] * y[i];
 }
 
-// The three lines of src/rng.rs (SplitMix64 finaliser), so the mask is bit-identical to the CPU's.
+// src/rng.rs's constants and three lines (SplitMix64 finaliser), so the mask is bit-identical to
+// the CPU's.
+#define ANC_GOLDEN_GAMMA 0x9e3779b97f4a7c15ULL
+#define ANC_MIX_MUL_1 0xbf58476d1ce4e5b9ULL
+#define ANC_MIX_MUL_2 0x94d049bb133111ebULL
+#define ANC_F32_UNIFORM_BITS 24
+
 __device__ inline uint64_t anc_mix64(uint64_t z) {
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    z = (z ^ (z >> 30)) * ANC_MIX_MUL_1;
+    z = (z ^ (z >> 27)) * ANC_MIX_MUL_2;
     return z ^ (z >> 31);
 }
 
 __device__ inline bool anc_dropout_keep(uint64_t seed, uint64_t index, float p) {
-    uint64_t h = anc_mix64(seed ^ anc_mix64(index + 0x9e3779b97f4a7c15ULL));
+    uint64_t h = anc_mix64(seed ^ anc_mix64(index + ANC_GOLDEN_GAMMA));
     // 24 bits, exact in f32, times 2^-24 (exact): the same value as rng::uniform_at.
-    float u = (float)(h >> 40) * (1.0f / 16777216.0f);
+    float u = (float)(h >> (64 - ANC_F32_UNIFORM_BITS)) * (1.0f / (float)(1u << ANC_F32_UNIFORM_BITS));
     return u >= p;
 }
 

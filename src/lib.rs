@@ -5,6 +5,7 @@
 //! `train` runs that loop.
 
 pub mod arch;
+pub mod bench;
 pub mod checkpoint;
 pub mod data;
 pub mod data_parallel;

@@ -124,13 +124,27 @@ pub struct Model<E: Engine> {
     /// Where this model's batch starts in the global batch (data parallelism), so its dropout
     /// masks are those images' masks.
     first_image: usize,
+    /// False for a model built by [`Model::for_inference`]: no gradient, momentum or
+    /// activation-gradient buffers exist, and backward and the update are refused.
+    trains: bool,
 }
 
 impl<E: Engine> Model<E> {
     /// Builds the network for batches of `batch` images and initialises its parameters.
     pub fn new(e: &E, cfg: ArchConfig, init: Init, seed: u64, batch: usize) -> Result<Self> {
         let rows = cfg.plan()?.into_iter().map(ColumnRow::whole).collect();
-        Self::build(e, cfg, rows, init, seed, batch)
+        let mut model = Self::build(e, cfg, rows, true, batch)?;
+        model.initialise(e, init, seed)?;
+        Ok(model)
+    }
+
+    /// The network for test-mode forwards only (eval, predict, features, `bench --inference`):
+    /// parameters without gradient or momentum buffers and activations without gradients, which
+    /// is less than half a training model's memory. Its weights are zero until loaded
+    /// ([`Model::write_param`]).
+    pub fn for_inference(e: &E, cfg: ArchConfig, batch: usize) -> Result<Self> {
+        let rows = cfg.plan()?.into_iter().map(ColumnRow::whole).collect();
+        Self::build(e, cfg, rows, false, batch)
     }
 
     /// Column `col`'s share of the network (its slice of every layer's kernels, initialised to
@@ -144,17 +158,21 @@ impl<E: Engine> Model<E> {
         batch: usize,
     ) -> Result<Self> {
         let rows = cfg.column_plan(col)?;
-        Self::build(e, cfg, rows, init, seed, batch)
+        let mut model = Self::build(e, cfg, rows, true, batch)?;
+        model.initialise(e, init, seed)?;
+        Ok(model)
     }
 
+    /// Resolves `rows` into buffers for batches of `batch`; `trains`: with the buffers that
+    /// backward and the update need.
     fn build(
         e: &E,
         cfg: ArchConfig,
         rows: Vec<ColumnRow>,
-        init: Init,
-        seed: u64,
+        trains: bool,
         batch: usize,
     ) -> Result<Self> {
+        let training_len = |len: usize| if trains { len } else { 0 };
         let mut params = Vec::new();
         let mut steps = Vec::new();
         let mut act_sizes = vec![3 * cfg.input_size * cfg.input_size];
@@ -191,8 +209,8 @@ impl<E: Engine> Model<E> {
                             name: format!("{}.{suffix}", p.layer.name),
                             shape,
                             value: e.alloc(len)?,
-                            grad: e.alloc(len)?,
-                            momentum: e.alloc(len)?,
+                            grad: e.alloc(training_len(len))?,
+                            momentum: e.alloc(training_len(len))?,
                             is_bias,
                         });
                     }
@@ -228,9 +246,9 @@ impl<E: Engine> Model<E> {
             next_input_ready: false,
             profile: None,
             first_image: 0,
+            trains,
         };
         model.set_batch(e, batch)?;
-        model.initialise(e, init, seed)?;
         Ok(model)
     }
 
@@ -262,7 +280,9 @@ impl<E: Engine> Model<E> {
         self.lrn_scales.clear();
         for &size in &self.act_sizes {
             self.acts.push(e.alloc(n * size)?);
-            self.grads.push(e.alloc(n * size)?);
+            if self.trains {
+                self.grads.push(e.alloc(n * size)?);
+            }
         }
         for s in &self.steps {
             if s.scale.is_some() {
@@ -564,6 +584,7 @@ impl<E: Engine> Model<E> {
     /// Softmax cross-entropy of the last forward against `labels`, then gradients of every
     /// parameter (averaged over the batch). `train_seed` must be the forward's.
     pub fn backward(&mut self, e: &E, labels: &[u32], train_seed: Option<u64>) -> Result<f32> {
+        self.check_trains("backward")?;
         check_labels(labels, self.batch, self.cfg.classes)?;
         let last = self.acts.len() - 1;
         let loss = e.softmax_xent(
@@ -674,6 +695,7 @@ impl<E: Engine> Model<E> {
 
     /// The paper's update for every parameter: v = 0.9 v - 0.0005 lr w - lr dL/dw; w += v.
     pub fn sgd_step(&mut self, e: &E, lr: f32, sgd: &Sgd) -> Result<()> {
+        self.check_trains("the SGD update")?;
         for p in &mut self.params {
             let decay = if p.is_bias && !sgd.decay_biases {
                 0.0
@@ -722,6 +744,7 @@ impl<E: Engine> Model<E> {
     /// Host copy of the gradient of the loss with respect to a named row's output, after
     /// `backward` (for locating where two engines part ways).
     pub fn output_grad(&self, e: &E, layer: &str) -> Result<Vec<f32>> {
+        self.check_trains("output_grad")?;
         self.download_row_output(e, &self.grads, layer)
     }
 
@@ -758,6 +781,9 @@ impl<E: Engine> Model<E> {
                 return Ok(Some(format!("activations of {}", s.row.plan.layer.name)));
             }
         }
+        if !self.trains {
+            return Ok(None);
+        }
         for s in self.steps.iter().rev() {
             if !finite(&self.grads[s.output])? {
                 return Ok(Some(format!(
@@ -783,11 +809,13 @@ impl<E: Engine> Model<E> {
 
     /// Host copies of every parameter gradient (of the last backward).
     pub fn read_grads(&self, e: &E) -> Result<HostTensors> {
+        self.check_trains("read_grads")?;
         self.read(e, |p| &p.grad)
     }
 
     /// Host copies of every momentum buffer.
     pub fn read_momentum(&self, e: &E) -> Result<HostTensors> {
+        self.check_trains("read_momentum")?;
         self.read(e, |p| &p.momentum)
     }
 
@@ -812,6 +840,11 @@ impl<E: Engine> Model<E> {
         values: &[f32],
         momentum: bool,
     ) -> Result<()> {
+        if momentum && !self.trains {
+            return Err(Error::Config(format!(
+                "{name}: an inference model holds no momentum to set"
+            )));
+        }
         let p = self
             .params
             .iter_mut()
@@ -833,6 +866,20 @@ impl<E: Engine> Model<E> {
             &mut p.value
         };
         e.upload(dst, values)
+    }
+}
+
+impl<E: Engine> Model<E> {
+    /// Refuses `what` on a model built for inference.
+    fn check_trains(&self, what: &str) -> Result<()> {
+        if self.trains {
+            Ok(())
+        } else {
+            Err(Error::Config(format!(
+                "{what} on a model built for inference (Model::for_inference has no gradient \
+                 buffers; build it with Model::new to train)"
+            )))
+        }
     }
 }
 

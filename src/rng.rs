@@ -6,24 +6,42 @@
 //! state must fit in a checkpoint as a couple of integers. SplitMix64's finaliser (Steele et al.,
 //! 2014) is the mixing function; `csrc/` implements the same three lines.
 
+/// SplitMix64's increment: 2^64 / golden ratio, odd, so that successive counters land far
+/// apart before mixing (Steele et al. 2014; the same constant as Java's SplittableRandom).
+pub const GOLDEN_GAMMA: u64 = 0x9e37_79b9_7f4a_7c15;
+
+/// The two multipliers of SplitMix64's finaliser (Stafford's "Mix13" variant).
+const MIX_MUL_1: u64 = 0xbf58_476d_1ce4_e5b9;
+const MIX_MUL_2: u64 = 0x94d0_49bb_1331_11eb;
+
+/// Offsets the label of a forked stream (MurmurHash2's multiplier in the high word) so that a
+/// fork's seed never equals a value of the parent's own sequence at the same index.
+const FORK_SALT: u64 = 0x5bd1_e995_0000_0000;
+
 /// SplitMix64 finaliser: a bijective 64-bit mix with good avalanche.
 #[inline]
 pub fn mix64(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z = (z ^ (z >> 30)).wrapping_mul(MIX_MUL_1);
+    z = (z ^ (z >> 27)).wrapping_mul(MIX_MUL_2);
     z ^ (z >> 31)
 }
 
 /// The `index`-th 64-bit value of stream `seed`.
 #[inline]
 pub fn hash(seed: u64, index: u64) -> u64 {
-    mix64(seed ^ mix64(index.wrapping_add(0x9e37_79b9_7f4a_7c15)))
+    mix64(seed ^ mix64(index.wrapping_add(GOLDEN_GAMMA)))
 }
+
+/// Bits of a uniform f32 in [0, 1): its 24-bit significand, so every value is exact.
+const F32_UNIFORM_BITS: u32 = 24;
+/// Bits of a uniform f64 in [0, 1): its 53-bit significand.
+const F64_UNIFORM_BITS: u32 = 53;
 
 /// Uniform in [0, 1) with 24 bits of precision (exactly representable in f32).
 #[inline]
 pub fn uniform_at(seed: u64, index: u64) -> f32 {
-    (hash(seed, index) >> 40) as f32 * (1.0 / (1u64 << 24) as f32)
+    (hash(seed, index) >> (64 - F32_UNIFORM_BITS)) as f32
+        * (1.0 / (1u64 << F32_UNIFORM_BITS) as f32)
 }
 
 /// Whether element `index` survives dropout with drop probability `p` (the rule both engines use).
@@ -47,7 +65,7 @@ impl Rng {
 
     /// An independent stream derived from this one's seed and a label (e.g. a layer index).
     pub fn fork(&self, stream: u64) -> Self {
-        Rng::new(hash(self.seed, stream ^ 0x5bd1_e995_0000_0000))
+        Rng::new(hash(self.seed, stream ^ FORK_SALT))
     }
 
     pub fn next_u64(&mut self) -> u64 {
@@ -58,7 +76,8 @@ impl Rng {
 
     /// Uniform in [0, 1) (53 bits).
     pub fn uniform(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+        (self.next_u64() >> (64 - F64_UNIFORM_BITS)) as f64
+            * (1.0 / (1u64 << F64_UNIFORM_BITS) as f64)
     }
 
     /// Uniform integer in [0, n).

@@ -695,7 +695,7 @@ fn build_model<E: Engine>(
                 ),
             });
         }
-        load_weights(engines, &mut model, &r.checkpoint, true)?;
+        load_weights(engines, &mut model, &r.checkpoint, Load::Resume)?;
         state = r.state()?;
         let threads = host_threads(engines);
         if state.threads != threads && replica.leader() {
@@ -714,7 +714,7 @@ fn build_model<E: Engine>(
             );
         }
     } else if let Some(ckpt) = init_from {
-        let reused = load_weights(engines, &mut model, ckpt, false)?;
+        let reused = load_weights(engines, &mut model, ckpt, Load::FineTune)?;
         if let (Some(path), true) = (&args.init_from, replica.leader()) {
             println!("initialised {reused} tensors from {}", path.display());
         }
@@ -1038,14 +1038,25 @@ pub fn fmt_lr(lr: f32) -> String {
     format!("{}", format!("{lr:.3e}").parse::<f32>().unwrap_or(lr))
 }
 
-/// Copies a checkpoint's tensors into the model. `exact`: every tensor must match (resume,
-/// momentum too). Otherwise (fine-tuning) tensors whose shape differs, such as fc8 for another
-/// class count, keep their fresh initialisation. Returns how many tensors were loaded.
+/// Which of a checkpoint's tensors [`load_weights`] copies, and how strictly.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Load {
+    /// Resuming a run: every parameter and its momentum must match the model.
+    Resume,
+    /// Evaluating or predicting: every parameter must match; momentum is not read.
+    Inference,
+    /// Fine-tuning (`--init-from`): tensors whose shape differs, such as fc8 for another class
+    /// count, keep their fresh initialisation; momentum is not read.
+    FineTune,
+}
+
+/// Copies a checkpoint's tensors into the model as `load` says. Returns how many parameters
+/// were loaded.
 pub fn load_weights<E: Engine>(
     engines: &[E],
     model: &mut Network<E>,
     ckpt: &Checkpoint,
-    exact: bool,
+    load: Load,
 ) -> Result<usize> {
     let mut loaded = 0;
     let shapes = model.param_shapes();
@@ -1053,7 +1064,7 @@ pub fn load_weights<E: Engine>(
         let fits = shapes
             .iter()
             .any(|(name, shape)| *name == t.name && *shape == t.shape);
-        if !fits && !exact {
+        if !fits && load == Load::FineTune {
             println!(
                 "  {}: shape {:?} differs, freshly initialised",
                 t.name, t.shape
@@ -1063,7 +1074,7 @@ pub fn load_weights<E: Engine>(
         model.write_param(engines, &t.name, &t.shape, &t.data, false)?;
         loaded += 1;
     }
-    if exact {
+    if load == Load::Resume {
         for t in &ckpt.momentum {
             model.write_param(engines, &t.name, &t.shape, &t.data, true)?;
         }

@@ -197,31 +197,6 @@ gpu_test!(staged_uploads_arrive_intact, |e| {
     }
 });
 
-// label_ranks against a host count, with ties broken by the lower index.
-gpu_test!(label_ranks_match_host_top_k, |e| {
-    let (n, classes) = (37, 1000);
-    let mut rng = Rng::new(77);
-    // Coarse values: many ties.
-    let scores: Vec<f32> = (0..n * classes).map(|_| rng.below(50) as f32).collect();
-    let labels: Vec<u32> = (0..n).map(|_| rng.below(classes) as u32).collect();
-    let sb = suite::upload(&e, &scores);
-    let ranks = e.label_ranks(n, classes, &sb, &labels).unwrap();
-    for (row, (&rank, &l)) in ranks.iter().zip(&labels).enumerate() {
-        let s = &scores[row * classes..(row + 1) * classes];
-        let sl = s[l as usize];
-        let want = s
-            .iter()
-            .enumerate()
-            .filter(|&(j, &v)| v > sl || (v == sl && j < l as usize))
-            .count();
-        assert_eq!(rank as usize, want, "row {row}");
-    }
-    assert!(matches!(
-        e.label_ranks(n, classes, &sb, &labels[1..]),
-        Err(Error::Shape { .. })
-    ));
-});
-
 // A buffer larger than the device is an OutOfMemory error with the sizes, and the engine keeps
 // working afterwards.
 gpu_test!(oversized_alloc_is_out_of_memory_with_sizes, |e| {

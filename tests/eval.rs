@@ -139,3 +139,44 @@ fn top1_top5_and_ten_crop_match_the_hand_computed_errors() {
         "{err}"
     );
 }
+
+/// The inference model (no gradient buffers) computes exactly the training model's test-mode
+/// forward with the same weights, and refuses backward and the update with a message.
+#[test]
+fn inference_model_equals_the_training_models_test_forward() {
+    let e = CpuEngine::new(2).unwrap();
+    let cfg = ArchConfig {
+        classes: 10,
+        input_size: 67,
+        ..ArchConfig::default()
+    };
+    let n = 2;
+    let mut trained = Model::new(&e, cfg.clone(), Init::Caffe, 3, n).unwrap();
+    let mut inference = Model::for_inference(&e, cfg, n).unwrap();
+    for (name, shape, values) in trained.read_params(&e).unwrap() {
+        inference
+            .write_param(&e, &name, &shape, &values, false)
+            .unwrap();
+    }
+    let mut rng = alexnet::rng::Rng::new(4);
+    let images: Vec<f32> = (0..n * 3 * 67 * 67)
+        .map(|_| rng.normal() as f32 * 40.0)
+        .collect();
+    trained.forward(&e, &images, None).unwrap();
+    inference.forward(&e, &images, None).unwrap();
+    // The same kernels on the same inputs in the same order: bit-identical, not just close.
+    assert_eq!(
+        trained.probabilities(&e).unwrap(),
+        inference.probabilities(&e).unwrap()
+    );
+    let err = inference
+        .backward(&e, &[0, 1], None)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("built for inference"), "{err}");
+    let err = inference
+        .sgd_step(&e, 0.01, &Default::default())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("built for inference"), "{err}");
+}

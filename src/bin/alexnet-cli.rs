@@ -20,7 +20,7 @@ use alexnet::eval::{evaluate_ensemble, predict_files, EvalOptions};
 use alexnet::model::{Init, Model, Sgd};
 use alexnet::parallel::Network;
 use alexnet::settings::{self, MAX_BATCH, MAX_CLASSES, MAX_INPUT, MAX_THREADS};
-use alexnet::train::{load_weights, train_in, TrainArgs};
+use alexnet::train::{load_weights, train_in, Load, TrainArgs};
 use alexnet::trainer::{Alone, GradientSync, Trainer};
 use alexnet::{Error, Result};
 
@@ -134,8 +134,12 @@ enum Command {
         #[arg(long, default_value_t = 3.0, value_parser = settings::seconds)]
         seconds: f64,
     },
-    /// Training throughput of the full model: images/s and time per layer.
+    /// Training throughput of the full model: images/s and time per layer. With --inference,
+    /// the test-mode forward's throughput at --batch-size and its latency at batch 1.
     Bench {
+        /// Time the test-mode forward (eval, predict, features) instead of training steps.
+        #[arg(long, conflicts_with_all = ["gpus", "executors"])]
+        inference: bool,
         #[arg(long, default_value_t = 128, value_parser = settings::count_in(1, MAX_BATCH))]
         batch_size: usize,
         /// Timed steps (after one warm-up step).
@@ -536,6 +540,30 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Bench {
+            inference: true,
+            batch_size,
+            steps,
+            classes,
+            input_size,
+            device,
+            ..
+        } => {
+            if Comm::from_env()?.size() > 1 {
+                return Err(Error::Config(
+                    "bench --inference times one process; run it without mpirun".into(),
+                ));
+            }
+            let cfg = ArchConfig {
+                classes,
+                input_size,
+                ..ArchConfig::default()
+            };
+            with_engines!(&device, device.threads, 1, |es| {
+                bench_inference(&es[0], &cfg, batch_size, steps)
+            })
+        }
+        Command::Bench {
+            inference: false,
             batch_size,
             steps,
             classes,
@@ -576,8 +604,8 @@ fn load_models<E: Engine>(
     let mut first: Option<(Vec<String>, Stats)> = None;
     for path in paths {
         let ckpt = Checkpoint::load(path)?;
-        let mut model = Network::new(engines, false, ckpt.arch.clone(), Init::Paper, 0, batch)?;
-        load_weights(engines, &mut model, &ckpt, true)?;
+        let mut model = Network::for_inference(engines, ckpt.arch.clone(), batch)?;
+        load_weights(engines, &mut model, &ckpt, Load::Inference)?;
         if first.is_none() {
             let mean = ckpt.mean.clone().ok_or_else(|| Error::Checkpoint {
                 path: path.clone(),
@@ -723,6 +751,28 @@ fn bench<E: Engine>(engines: &[E], split: bool, shape: &BenchShape, comm: &Comm)
         batch as f64 / median,
         flops / median / 1e9
     );
+    Ok(())
+}
+
+/// Prints the test-mode forward's throughput at `batch` and its latency at batch 1.
+fn bench_inference<E: Engine>(e: &E, cfg: &ArchConfig, batch: usize, steps: usize) -> Result<()> {
+    println!(
+        "engine: {}; test-mode forward (no dropout masks, no gradient buffers)",
+        e.name()
+    );
+    for n in [batch, 1] {
+        let t = alexnet::bench::inference(e, cfg, n, steps)?;
+        println!(
+            "inference, batch {n}: median {:.2} ms, {:.1} images/s, {:.1} GFLOP/s (model FLOPs){}",
+            t.median_s * 1e3,
+            t.images_per_second(),
+            t.gflops(),
+            if n == 1 { " = batch-1 latency" } else { "" }
+        );
+        if batch == 1 {
+            break;
+        }
+    }
     Ok(())
 }
 

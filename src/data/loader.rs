@@ -18,7 +18,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// Stream labels, so the shuffle and the augmentation never share random numbers.
+/// Stream labels, so the shuffle and the augmentation never share random numbers: the ASCII of
+/// "SHUF" and "AUGM" (any two distinct labels would do; these read in a hex dump).
 const SHUFFLE_STREAM: u64 = 0x5348_5546;
 const AUGMENT_STREAM: u64 = 0x4155_474d;
 

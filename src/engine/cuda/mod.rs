@@ -55,7 +55,7 @@ struct Inner {
     staging: PinnedHost,
     /// Labels for the loss and top-k (u32), grow-only.
     labels: DeviceMem,
-    /// Per-row loss (f32) or label rank (u32), grow-only.
+    /// Per-row loss (f32), grow-only.
     rows: DeviceMem,
 }
 
@@ -166,44 +166,6 @@ impl CudaEngine {
     /// (free, total) bytes of device memory, when the runtime can tell.
     pub fn memory_info(&self) -> Option<(u64, u64)> {
         memory::mem_info(self.device)
-    }
-
-    /// For each row n of scores[N, K], the number of classes ranked above labels[n] (higher score,
-    /// or equal score and lower index): the label is among the top k iff rank < k. Top-1 and
-    /// top-5 error counts follow from one call.
-    pub fn label_ranks(
-        &self,
-        n: usize,
-        classes: usize,
-        scores: &DeviceBuffer,
-        labels: &[u32],
-    ) -> Result<Vec<u32>> {
-        const OP: &str = "label_ranks";
-        plan::softmax(OP, n, classes, &[("scores", scores.len())], Some(labels))?;
-        let mut inner = self.lock();
-        self.stage_labels(&mut inner, labels)?;
-        grow(&mut inner.rows, self.device, n * 4, "label ranks")?;
-        let mut ranks = vec![0u32; n];
-        // SAFETY: scores holds n*classes f32 (checked), the labels buffer holds n u32 (staged
-        // above), rows holds at least n u32 (grown above); the download writes n u32 into `ranks`.
-        let st = unsafe {
-            let rows = inner.rows.ptr() as *mut u32;
-            let st = ffi::anc_label_rank(
-                inner.ctx,
-                n as i64,
-                classes as i64,
-                scores.as_ptr(),
-                inner.labels.ptr() as *const u32,
-                rows,
-            );
-            if st.code != 0 {
-                st
-            } else {
-                ffi::anc_download(inner.ctx, ranks.as_mut_ptr().cast(), rows.cast(), n * 4)
-            }
-        };
-        status::check(&st)?;
-        Ok(ranks)
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
