@@ -9,7 +9,7 @@ mod common;
 
 use alexnet::engine::cuda::{self, plan, status, CudaEngine};
 use alexnet::engine::{ConvShape, Engine, FcShape, LrnShape, MaskSlice, PoolShape};
-use alexnet::rng::{dropout_keep, Rng};
+use alexnet::rng::dropout_keep;
 use alexnet::Error;
 use common::ops_suite::{self as suite, Tol};
 
