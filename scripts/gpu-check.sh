@@ -258,11 +258,15 @@ EOF
     bench "bench cuda scratch 256 MiB" bench-rust-scratch 60 --device cuda --gpu-scratch-mib 256
     bench "bench alexnet-rs cuda tf32" bench-rust-tf32 60 --device cuda --tf32
     bench "bench alexnet-rs cuda --gpus 2" bench-rust-gpus2 120 --device cuda --gpus 2
+    # The test-mode forward (eval, predict, features) at batch 128 and its batch-1 latency.
+    bench "bench cuda --inference" bench-rust-inference 60 --device cuda --inference
     if [[ -f "$PACK/compare_pytorch.py" ]]; then
         step "bench pytorch cuda b128" "$logs/bench-pytorch.log" 120 \
             "$py" "$PACK/compare_pytorch.py" --device cuda --batch 128 --steps 20
         step "bench pytorch cuda tf32" "$logs/bench-pytorch-tf32.log" 60 \
             "$py" "$PACK/compare_pytorch.py" --device cuda --tf32 --batch 128 --steps 20
+        step "bench pytorch cuda inference" "$logs/bench-pytorch-inference.log" 60 \
+            "$py" "$PACK/compare_pytorch.py" --device cuda --inference --batch 128 --steps 20
     else
         SUMMARY+=("$(printf '%-36s %-8s %s' "bench pytorch cuda b128" "SKIPPED" "compare_pytorch.py not packed")")
     fi
