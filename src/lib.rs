@@ -13,6 +13,8 @@ pub mod dist;
 pub mod engine;
 pub mod error;
 pub mod eval;
+pub mod features;
+pub mod figures;
 pub mod memory;
 pub mod metrics;
 pub mod model;

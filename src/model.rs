@@ -452,6 +452,25 @@ impl<E: Engine> Model<E> {
         }
     }
 
+    /// Test-mode forward through rows `0..=last` only, and a host copy of row `last`'s output
+    /// [N, len] (e.g. fc7 after its ReLU, before the dropout row that shares its buffer).
+    pub fn forward_through(&mut self, e: &E, images: &[f32], last: usize) -> Result<Vec<f32>> {
+        if last >= self.steps.len() {
+            return Err(Error::Config(format!(
+                "row {last} of a {}-row net",
+                self.steps.len()
+            )));
+        }
+        self.upload_input(e, images)?;
+        for row in 0..=last {
+            self.forward_row(e, row, None)?;
+        }
+        let buf = &self.acts[self.steps[last].output];
+        let mut out = vec![0.0; e.buf_len(buf)];
+        e.download(buf, &mut out)?;
+        Ok(out)
+    }
+
     fn forward_rows(&mut self, e: &E, train_seed: Option<u64>) -> Result<()> {
         for row in 0..self.steps.len() {
             self.forward_row(e, row, train_seed)?;

@@ -119,11 +119,34 @@ enum Command {
         /// Image files (any format the `image` crate decodes).
         #[arg(required = true)]
         images: Vec<PathBuf>,
+        /// Also draw Figure 4's left panel to this PNG: each image with its top classes as bars.
+        #[arg(long, value_name = "PNG")]
+        picture: Option<PathBuf>,
+        /// The true class of each image, in order (an index, a class name, or the name after a
+        /// synset id): shown under the image, its bar red in the picture, marked in the output.
+        #[arg(long = "label", value_name = "CLASS")]
+        labels: Vec<String>,
         #[command(flatten)]
         device: DeviceArgs,
     },
     /// Render a metrics log (metrics.jsonl) to a PNG of loss and error curves.
     Plot(alexnet::plot::PlotArgs),
+    /// Figure 3: the first layer's kernels as a PNG, and how colour-specific each column's are.
+    Kernels(alexnet::figures::KernelsArgs),
+    /// Every image's fc7 feature vector (the layer under the classifier) to a safetensors file.
+    Features {
+        #[command(flatten)]
+        args: alexnet::features::FeaturesArgs,
+        #[command(flatten)]
+        device: DeviceArgs,
+    },
+    /// Figure 4, right: each query's nearest training images in fc7 space, as a PNG and JSON.
+    Neighbours {
+        #[command(flatten)]
+        args: alexnet::features::NeighboursArgs,
+        #[command(flatten)]
+        device: DeviceArgs,
+    },
     /// Loader throughput: JPEG decode+resize per core (preparation) and augmented images/s
     /// (training), and the cores needed to feed 10,000 images/s.
     BenchLoader {
@@ -480,23 +503,42 @@ fn run(cli: Cli) -> Result<()> {
             json,
             top,
             images,
+            picture,
+            labels,
             device,
         } => with_engines!(&device, device.threads, 1, |es| {
             let (mut models, names, stats) = load_models(&es, &checkpoints, 1)?;
+            let truths = alexnet::figures::parse_labels(
+                &labels,
+                images.len(),
+                &names,
+                models[0].cfg().classes,
+            )?;
             let results = predict_files(&es, &mut models, &names, &stats, &images, ten_crop, top);
             let mut failed = 0;
             let mut out = Vec::new();
-            for (path, r) in images.iter().zip(results) {
+            let mut drawn = Vec::new();
+            for ((path, r), truth) in images.iter().zip(results).zip(truths) {
                 match r {
-                    Ok(p) if json => out.push(serde_json::json!({
-                        "image": p.path,
-                        "top": p.top.iter().map(|(c, n, pr)| serde_json::json!({"class": c, "name": n, "probability": pr})).collect::<Vec<_>>(),
-                    })),
+                    Ok(p) if json => {
+                        out.push(serde_json::json!({
+                            "image": p.path,
+                            "label": truth,
+                            "top": p.top.iter().map(|(c, n, pr)| serde_json::json!({"class": c, "name": n, "probability": pr})).collect::<Vec<_>>(),
+                        }));
+                        drawn.push((p, truth));
+                    }
                     Ok(p) => {
                         println!("{}", p.path.display());
                         for (c, n, pr) in &p.top {
-                            println!("  {:>6.2}%  {n} ({c})", 100.0 * pr);
+                            let mark = if truth == Some(*c) {
+                                "  <- true label"
+                            } else {
+                                ""
+                            };
+                            println!("  {:>6.2}%  {n} ({c}){mark}", 100.0 * pr);
                         }
+                        drawn.push((p, truth));
                     }
                     Err(err) => {
                         failed += 1;
@@ -511,6 +553,10 @@ fn run(cli: Cli) -> Result<()> {
             if json {
                 println!("{:#}", serde_json::Value::Array(out));
             }
+            if let Some(png) = &picture {
+                alexnet::figures::draw_predictions(&drawn, &names, stats.side, png)?;
+                eprintln!("wrote {}", png.display());
+            }
             if failed > 0 {
                 return Err(Error::Config(format!(
                     "{failed} of {} images could not be predicted",
@@ -523,6 +569,43 @@ fn run(cli: Cli) -> Result<()> {
             println!("wrote {}", args.run()?.display());
             Ok(())
         }
+        Command::Kernels(args) => {
+            print!("{}", args.run()?.summary());
+            Ok(())
+        }
+        Command::Features { args, device } => with_engines!(&device, device.threads, 1, |es| {
+            let s = args.run(&es[0])?;
+            println!(
+                "{} images: {} ({} values each) in {:.1} s, written to {}",
+                s.images,
+                s.layer,
+                s.dim,
+                s.seconds,
+                s.path.display()
+            );
+            Ok(())
+        }),
+        Command::Neighbours { args, device } => with_engines!(&device, device.threads, 1, |es| {
+            let r = args.run(&es[0])?;
+            for q in &r.queries {
+                println!("{}", q.query.display());
+                for n in &q.neighbours {
+                    println!(
+                        "  {:>10.4}  {} ({})",
+                        n.distance,
+                        n.class,
+                        n.path.as_deref().unwrap_or("?")
+                    );
+                }
+            }
+            println!(
+                "searched {} images in {:.3} s; wrote {} and its .json",
+                r.images_searched,
+                r.search_seconds,
+                r.png.display()
+            );
+            Ok(())
+        }),
         Command::BenchLoader { workers, seconds } => {
             let workers = if workers == 0 {
                 std::thread::available_parallelism().map_or(1, |n| n.get())

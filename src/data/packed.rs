@@ -293,6 +293,8 @@ struct Shard {
     offset: usize,
     labels: Vec<u32>,
     checksums: Vec<u32>,
+    /// Each stored image's source file, as `prepare` recorded it.
+    sources: Vec<String>,
 }
 
 /// The prepared dataset of one split, memory-mapped: `read` is a copy out of the page cache,
@@ -391,12 +393,14 @@ impl PackedDataset {
                 ));
             }
             starts.push(starts.last().copied().unwrap_or(0) + labels.len());
+            let sources = h.kept.iter().map(|&k| h.planned[k].path.clone()).collect();
             shards.push(Shard {
                 path,
                 map,
                 offset,
                 labels,
                 checksums: h.checksums,
+                sources,
             });
         }
         let total = starts.last().copied().unwrap_or(0);
@@ -415,6 +419,11 @@ impl PackedDataset {
             shards,
             starts,
         })
+    }
+
+    /// The source file of every image, in index order, as `prepare` recorded it.
+    pub fn source_paths(&self) -> Vec<String> {
+        self.shards.iter().flat_map(|s| s.sources.clone()).collect()
     }
 
     /// The statistics stored with the data.

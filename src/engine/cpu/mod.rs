@@ -22,7 +22,7 @@
 
 mod conv;
 mod fc;
-mod gemm;
+pub(crate) mod gemm;
 mod loss;
 mod lrn;
 mod pointwise;
