@@ -19,7 +19,7 @@ use crate::checkpoint::Checkpoint;
 use crate::data::{centre_crop, Dataset, PackedDataset, Stats};
 use crate::engine::Engine;
 use crate::error::{Error, Result};
-use crate::model::{Init, Model};
+use crate::model::Model;
 
 /// The row whose output is the feature vector.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -62,14 +62,15 @@ pub fn feature_layer(cfg: &ArchConfig) -> Result<FeatureLayer> {
     })
 }
 
-/// A checkpoint as a one-device model for inference, with its normalisation.
+/// A checkpoint as a one-device model for inference (no gradient buffers), with its
+/// normalisation.
 pub fn load_model<E: Engine>(
     e: &E,
     path: &Path,
     batch: usize,
 ) -> Result<(Model<E>, Checkpoint, Stats)> {
     let ckpt = Checkpoint::load(path)?;
-    let mut model = Model::new(e, ckpt.arch.clone(), Init::Paper, 0, batch)?;
+    let mut model = Model::for_inference(e, ckpt.arch.clone(), batch)?;
     for t in &ckpt.params {
         model.write_param(e, &t.name, &t.shape, &t.data, false)?;
     }

@@ -597,14 +597,6 @@ impl<E: Engine> Network<E> {
         }
     }
 
-    /// The whole network on `engines[0]` for test-mode forwards only ([`Model::for_inference`]).
-    pub fn for_inference(engines: &[E], cfg: ArchConfig, batch: usize) -> Result<Self> {
-        let Some(first) = engines.first() else {
-            return Err(Error::Config("no executor to run the network on".into()));
-        };
-        Ok(Network::Whole(Model::for_inference(first, cfg, batch)?))
-    }
-
     pub fn cfg(&self) -> &ArchConfig {
         match self {
             Network::Whole(m) => &m.cfg,

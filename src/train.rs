@@ -1043,8 +1043,6 @@ pub fn fmt_lr(lr: f32) -> String {
 pub enum Load {
     /// Resuming a run: every parameter and its momentum must match the model.
     Resume,
-    /// Evaluating or predicting: every parameter must match; momentum is not read.
-    Inference,
     /// Fine-tuning (`--init-from`): tensors whose shape differs, such as fc8 for another class
     /// count, keep their fresh initialisation; momentum is not read.
     FineTune,

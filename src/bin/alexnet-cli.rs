@@ -10,7 +10,7 @@ use std::time::Instant;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 use alexnet::arch::{summary_table, ArchConfig, Net};
-use alexnet::checkpoint::{Checkpoint, TrainState};
+use alexnet::checkpoint::TrainState;
 use alexnet::data::Stats;
 use alexnet::data_parallel::Replicas;
 use alexnet::dist::Comm;
@@ -20,7 +20,7 @@ use alexnet::eval::{evaluate_ensemble, predict_files, EvalOptions};
 use alexnet::model::{Init, Model, Sgd};
 use alexnet::parallel::Network;
 use alexnet::settings::{self, MAX_BATCH, MAX_CLASSES, MAX_INPUT, MAX_THREADS};
-use alexnet::train::{load_weights, train_in, Load, TrainArgs};
+use alexnet::train::{train_in, TrainArgs};
 use alexnet::trainer::{Alone, GradientSync, Trainer};
 use alexnet::{Error, Result};
 
@@ -686,25 +686,11 @@ fn load_models<E: Engine>(
     let mut models = Vec::new();
     let mut first: Option<(Vec<String>, Stats)> = None;
     for path in paths {
-        let ckpt = Checkpoint::load(path)?;
-        let mut model = Network::for_inference(engines, ckpt.arch.clone(), batch)?;
-        load_weights(engines, &mut model, &ckpt, Load::Inference)?;
+        let (model, ckpt, stats) = alexnet::features::load_model(&engines[0], path, batch)?;
         if first.is_none() {
-            let mean = ckpt.mean.clone().ok_or_else(|| Error::Checkpoint {
-                path: path.clone(),
-                msg: "holds no mean image, so inputs cannot be normalised as in training".into(),
-            })?;
-            first = Some((
-                ckpt.class_names.clone(),
-                Stats {
-                    side: ckpt.mean_side,
-                    mean,
-                    eigval: ckpt.eigval.unwrap_or([0.0; 3]),
-                    eigvec: ckpt.eigvec.unwrap_or([[0.0; 3]; 3]),
-                },
-            ));
+            first = Some((ckpt.class_names, stats));
         }
-        models.push(model);
+        models.push(Network::Whole(model));
     }
     let (names, stats) = first.expect("clap requires at least one --checkpoint");
     Ok((models, names, stats))
