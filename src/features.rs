@@ -413,19 +413,21 @@ impl FeatureFile {
 // `alexnet-cli features`
 // ----------------------------------------------------------------------------------------------
 
-/// `alexnet-cli features`: every image's feature vector.
-#[derive(clap::Args, Debug, Clone)]
-#[command(
-    long_about = "Computes the feature vector of every image of a prepared dataset split: the \
+/// `--help` of the command below.
+pub const FEATURES_HELP: &str =
+    "Computes the feature vector of every image of a prepared dataset split: the \
 output of the last row before the classifier that is not dropout (the paper's net: fc7 after its \
 ReLU, 4096 values), in test mode (centre crop, no dropout), in batches with a progress bar.\n\n\
 Writes one safetensors file: `features` F32 [images, dim] (row i is image i of the split), \
 `labels` I64 [images], and in its metadata the source file of each image (`paths`, a JSON array; \
 beyond 64 MB of paths, `file:NAME.paths.txt`, one per line), `class_names`, and the checkpoint, \
 layer, data directory and split it came from. Memory stays at one batch: rows are written as \
-they are computed."
-)]
+they are computed.";
+
+/// `alexnet-cli features`: every image's feature vector.
+#[derive(clap::Args, Debug, Clone)]
 pub struct FeaturesArgs {
+    /// The checkpoint whose features to compute (its mean image normalises the inputs).
     #[arg(long)]
     pub checkpoint: PathBuf,
     /// Prepared dataset directory (from `alexnet-cli prepare`).
@@ -611,19 +613,21 @@ fn smallest(items: impl Iterator<Item = Neighbour>, k: usize) -> Vec<Neighbour> 
 // `alexnet-cli neighbours`
 // ----------------------------------------------------------------------------------------------
 
-/// `alexnet-cli neighbours`: Figure 4, right.
-#[derive(clap::Args, Debug, Clone)]
-#[command(
-    long_about = "For each query image, the k images of a prepared dataset split (the training \
+/// `--help` of the command below.
+pub const NEIGHBOURS_HELP: &str =
+    "For each query image, the k images of a prepared dataset split (the training \
 set by default) whose feature vectors (see `alexnet-cli features`: fc7 after its ReLU in the \
 paper's net) are nearest in Euclidean distance: Figure 4's right panel. The search is exact, \
 one GEMM of the queries against each block of the feature matrix.\n\nDraws one row per query \
 (the query, then its neighbours nearest first, each with its class and distance) and writes the \
 neighbours, their dataset indices, source files, classes and distances to a JSON beside the PNG. \
 With --features FILE the dataset's features come from `alexnet-cli features` instead of being \
-computed (which holds them all in memory: 16 KB per image for 4096-d features)."
-)]
+computed (which holds them all in memory: 16 KB per image for 4096-d features).";
+
+/// `alexnet-cli neighbours`: Figure 4, right.
+#[derive(clap::Args, Debug, Clone)]
 pub struct NeighboursArgs {
+    /// The checkpoint whose features define the distance.
     #[arg(long)]
     pub checkpoint: PathBuf,
     /// Prepared dataset directory to search.

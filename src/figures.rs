@@ -18,10 +18,9 @@ use crate::eval::Prediction;
 // Figure 3: first-layer kernels
 // ----------------------------------------------------------------------------------------------
 
-/// `alexnet-cli kernels`: Figure 3 and its measurable claim.
-#[derive(clap::Args, Debug, Clone)]
-#[command(
-    long_about = "Draws the first convolutional layer's kernels (Figure 3): each kernel \
+/// `--help` of the command below.
+pub const KERNELS_HELP: &str =
+    "Draws the first convolutional layer's kernels (Figure 3): each kernel \
 contrast-normalised on its own (its smallest weight black, its largest white, over all three \
 colour channels together), column 1's kernels in the top block, column 2's below (a one-column \
 net: one block).\n\nIt also measures the paper's claim that column 1's kernels are largely \
@@ -31,8 +30,10 @@ w[2][y][x]) / 3, share = sum (w[c][y][x] - g[y][x])^2 / sum w[c][y][x]^2. A grey
 same weight in R, G and B at every pixel) has share 0; a kernel whose channels sum to zero at \
 every pixel (pure chroma) has share 1; independent random weights (an untrained net) give about \
 2/3. Per column it prints the mean and median share and how many kernels exceed 0.5, and writes \
-them, with every kernel's share, to a JSON beside the PNG (same name, extension .json)."
-)]
+them, with every kernel's share, to a JSON beside the PNG (same name, extension .json).";
+
+/// `alexnet-cli kernels`: Figure 3 and its measurable claim.
+#[derive(clap::Args, Debug, Clone)]
 pub struct KernelsArgs {
     /// The checkpoint whose first convolutional layer to draw.
     #[arg(long)]

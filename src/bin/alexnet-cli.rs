@@ -131,16 +131,26 @@ enum Command {
     },
     /// Render a metrics log (metrics.jsonl) to a PNG of loss and error curves.
     Plot(alexnet::plot::PlotArgs),
-    /// Figure 3: the first layer's kernels as a PNG, and how colour-specific each column's are.
+    // Both set here: a doc comment would replace the long help with its own line.
+    #[command(
+        about = "Figure 3: the first layer's kernels as a PNG, and how colour-specific each column's are",
+        long_about = alexnet::figures::KERNELS_HELP
+    )]
     Kernels(alexnet::figures::KernelsArgs),
-    /// Every image's fc7 feature vector (the layer under the classifier) to a safetensors file.
+    #[command(
+        about = "Every image's fc7 feature vector (the layer under the classifier) to a safetensors file",
+        long_about = alexnet::features::FEATURES_HELP
+    )]
     Features {
         #[command(flatten)]
         args: alexnet::features::FeaturesArgs,
         #[command(flatten)]
         device: DeviceArgs,
     },
-    /// Figure 4, right: each query's nearest training images in fc7 space, as a PNG and JSON.
+    #[command(
+        about = "Figure 4, right: each query's nearest training images in fc7 space, as a PNG and JSON",
+        long_about = alexnet::features::NEIGHBOURS_HELP
+    )]
     Neighbours {
         #[command(flatten)]
         args: alexnet::features::NeighboursArgs,
