@@ -45,7 +45,7 @@ impl PlotArgs {
 }
 
 /// Registers the embedded font under plotters' "sans-serif" family once per process.
-fn ensure_font() -> Result<()> {
+pub(crate) fn ensure_font() -> Result<()> {
     static REGISTERED: OnceLock<bool> = OnceLock::new();
     let ok = *REGISTERED.get_or_init(|| {
         plotters::style::register_font(
@@ -64,7 +64,7 @@ fn ensure_font() -> Result<()> {
     }
 }
 
-fn draw_err(out: &Path, e: impl std::fmt::Display) -> Error {
+pub(crate) fn draw_err(out: &Path, e: impl std::fmt::Display) -> Error {
     Error::io(out, std::io::Error::other(format!("drawing the plot: {e}")))
 }
 
