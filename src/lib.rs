@@ -13,6 +13,7 @@ pub mod dist;
 pub mod engine;
 pub mod error;
 pub mod eval;
+pub mod experiment;
 pub mod features;
 pub mod figures;
 pub mod memory;

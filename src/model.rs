@@ -3,14 +3,14 @@
 //! (conv) and per-column windows (LRN), so this computes exactly the paper's two-GPU function;
 //! for model parallelism (`parallel.rs`) a `Model` runs one column's share of every row.
 
-use crate::arch::{ArchConfig, ColumnRow, Kind, ParamInit};
+use crate::arch::{ArchConfig, ColumnRow, Kind, ParamInit, PlannedLayer};
 use crate::engine::{ConvShape, Engine, FcShape, LrnParams, LrnShape, MaskSlice, PoolShape};
 use crate::error::{Error, Result};
 use crate::rng::{hash, Rng};
 
-/// Weight initialisation: each row's own (Section 5's for the paper's nets), or Caffe's variant
-/// of it for users whose loss stays flat.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// Weight initialisation: each row's own (Section 5's for the paper's nets), Caffe's variant
+/// of it, or He et al.'s variance scaling, for users whose loss stays flat.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Init {
     /// The table's: every weighted row's `init`. The paper's nets carry Section 5's, N(0, 0.01)
     /// weights, biases 1 in conv2, conv4, conv5, fc6, fc7 and 0 elsewhere.
@@ -19,18 +19,57 @@ pub enum Init {
     /// layers (fc6, fc7), the row's std elsewhere; the biases the row sets nonzero (the paper's
     /// 1s) are 0.1.
     Caffe,
+    /// He et al. (2015), "Delving deep into rectifiers": weights N(0, 2 / fan_in), so that a
+    /// ReLU layer passes its input's second moment on unchanged, and biases 0. The first
+    /// weighted row reads the image instead of a ReLU's output: its std is further divided by
+    /// the pixels' standard deviation `pixel_std` (the loader feeds mean-subtracted pixels on
+    /// the 0..255 scale, about 60 for photos), so its outputs have the variance the formula
+    /// assumes.
+    Kaiming { pixel_std: f32 },
+}
+
+/// Where a weighted row sits, for the schemes that depend on it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RowPlace {
+    /// A fully connected row before the classifier.
+    pub hidden_fc: bool,
+    /// The first weighted row: it reads the image.
+    pub reads_image: bool,
+    /// Inputs each output unit sums over (conv: input channels per group x k x k).
+    pub fan_in: usize,
 }
 
 impl Init {
-    /// A weighted row's initialisation under this scheme, from the row's own; `hidden_fc`: a fully
-    /// connected row before the classifier.
-    pub fn apply(self, own: ParamInit, hidden_fc: bool) -> ParamInit {
+    /// He et al.'s scheme for images whose pixels have the spread of `stats`: the standard
+    /// deviation of a pixel value, from the trace of the RGB covariance (the sum of the three
+    /// channels' variances).
+    pub fn kaiming_for(stats: &crate::data::Stats) -> Init {
+        let variance = stats.eigval.iter().map(|&v| v.max(0.0)).sum::<f32>() / 3.0;
+        Init::Kaiming {
+            // A constant image has no spread; 1 keeps the formula finite (and unscaled).
+            pixel_std: if variance > 0.0 { variance.sqrt() } else { 1.0 },
+        }
+    }
+
+    /// A weighted row's initialisation under this scheme, from the row's own and its place.
+    pub fn apply(self, own: ParamInit, place: RowPlace) -> ParamInit {
         match self {
             Init::Paper => own,
             Init::Caffe => ParamInit {
-                std: if hidden_fc { 0.005 } else { own.std },
+                std: if place.hidden_fc { 0.005 } else { own.std },
                 bias: if own.bias != 0.0 { 0.1 } else { 0.0 },
             },
+            Init::Kaiming { pixel_std } => {
+                let he = (2.0 / place.fan_in.max(1) as f64).sqrt();
+                ParamInit {
+                    std: if place.reads_image {
+                        he / pixel_std as f64
+                    } else {
+                        he
+                    },
+                    bias: 0.0,
+                }
+            }
         }
     }
 }
@@ -304,13 +343,18 @@ impl<E: Engine> Model<E> {
         let root = Rng::new(seed);
         // The classifier is the last weighted row; fully connected rows before it are hidden.
         let classifier = self.steps.iter().rposition(|s| s.param.is_some());
+        let first = self.steps.iter().position(|s| s.param.is_some());
         for (row, s) in self.steps.iter().enumerate() {
             let kind = s.row.plan.layer.kind;
             let (Some(w), Some(own)) = (s.param, kind.init()) else {
                 continue;
             };
-            let hidden_fc = matches!(kind, Kind::Fc { .. }) && Some(row) != classifier;
-            let ParamInit { std, bias } = init.apply(own, hidden_fc);
+            let place = RowPlace {
+                hidden_fc: matches!(kind, Kind::Fc { .. }) && Some(row) != classifier,
+                reads_image: Some(row) == first,
+                fan_in: fan_in(&s.row.plan),
+            };
+            let ParamInit { std, bias } = init.apply(own, place);
             let weight = &mut self.params[w];
             let mut rng = root.fork(w as u64);
             rng.skip_normals((s.row.out.start * weight.len() / weight.shape[0]) as u64);
@@ -899,6 +943,15 @@ impl<E: Engine> Model<E> {
                  buffers; build it with Model::new to train)"
             )))
         }
+    }
+}
+
+/// Inputs each output unit of a weighted row sums over: a conv kernel's (input channels per
+/// group x k x k), a fully connected unit's whole input.
+pub fn fan_in(plan: &PlannedLayer) -> usize {
+    match plan.conv {
+        Some(c) => c.c_in / c.groups.max(1) * c.kh * c.kw,
+        None => plan.input.len(),
     }
 }
 

@@ -69,9 +69,11 @@ pub struct TrainArgs {
     /// dataset (its quick demo: about 1/5 of the FLOPs).
     #[arg(long, value_parser = settings::count_in(1, settings::MAX_INPUT))]
     pub input_size: Option<usize>,
-    /// Weight initialisation: `paper` (Section 5) or `caffe` (std 0.005 on fc6/fc7, biases 0.1),
-    /// for when the paper's init leaves the loss flat at ln(classes). Default: paper with --data;
-    /// caffe on the built-in dataset (its quick demo).
+    /// Weight initialisation: `paper` (Section 5), `caffe` (std 0.005 on fc6/fc7, biases 0.1)
+    /// or `kaiming` (He et al. 2015: std sqrt(2/fan_in), biases 0, the first layer's std also
+    /// divided by the data's pixel standard deviation), for when the paper's init leaves the
+    /// loss flat at ln(classes). Default: paper with --data; caffe on the built-in dataset (its
+    /// quick demo).
     #[arg(long, value_enum)]
     pub init: Option<InitArg>,
     /// Network: `paper` (two columns, Figure 2), `one-column` (footnote 2's comparison net) or
@@ -197,6 +199,18 @@ pub struct TrainArgs {
 pub enum InitArg {
     Paper,
     Caffe,
+    Kaiming,
+}
+
+impl InitArg {
+    /// The scheme, for data with the pixel spread of `stats` (which `kaiming` scales by).
+    pub fn scheme(self, stats: &Stats) -> Init {
+        match self {
+            InitArg::Paper => Init::Paper,
+            InitArg::Caffe => Init::Caffe,
+            InitArg::Kaiming => Init::kaiming_for(stats),
+        }
+    }
 }
 
 #[derive(
@@ -271,7 +285,7 @@ pub fn open_data(args: &TrainArgs) -> Result<TrainData> {
 }
 
 /// A prepared dataset (`alexnet-cli prepare`), or a CIFAR-10 binary folder.
-fn open_prepared(dir: &std::path::Path) -> Result<TrainData> {
+pub fn open_prepared(dir: &std::path::Path) -> Result<TrainData> {
     use crate::data::cifar::Cifar10;
     use crate::data::packed::PackedDataset;
     if dir.join("data_batch_1.bin").exists() {
@@ -447,7 +461,7 @@ pub fn train_in<E: Engine>(
     let (mut model, state) = build_model(
         engines,
         args,
-        arch,
+        (arch, args.init().scheme(&data.stats)),
         &replica,
         resumed.as_ref(),
         init_from.as_ref(),
@@ -671,15 +685,11 @@ fn checked_arch(args: &TrainArgs, data: &TrainData) -> Result<ArchConfig> {
 fn build_model<E: Engine>(
     engines: &[E],
     args: &TrainArgs,
-    arch: ArchConfig,
+    (arch, init): (ArchConfig, Init),
     replica: &Replica,
     resumed: Option<&crate::run::Resumed>,
     init_from: Option<&Checkpoint>,
 ) -> Result<(Network<E>, TrainState)> {
-    let init = match args.init() {
-        InitArg::Paper => Init::Paper,
-        InitArg::Caffe => Init::Caffe,
-    };
     let split = args.split_executors().is_some();
     let mut model = Network::new(engines, split, arch.clone(), init, args.seed, replica.batch)?;
     model.set_first_image(replica.rank * replica.batch);

@@ -192,6 +192,41 @@ enum Command {
         #[command(flatten)]
         device: DeviceArgs,
     },
+    /// The paper's experiments, each a command that writes a PNG and/or JSON of its numbers.
+    #[command(subcommand)]
+    Experiment(Experiment),
+    /// The ablations of Sections 3.3-4.2: the paper's net and each variant (no LRN, pool 2/2,
+    /// no PCA lighting, dropout 0, one column) with the same seed and steps, validated; prints
+    /// each one's top-1/top-5 change against the full net beside the paper's. Writes
+    /// OUT/ablate.json.
+    Ablate {
+        #[command(flatten)]
+        args: alexnet::experiment::ablate::AblateArgs,
+        #[command(flatten)]
+        device: DeviceArgs,
+    },
+}
+
+/// `alexnet-cli experiment ...`: the paper's experiments (src/experiment/).
+#[derive(Subcommand)]
+enum Experiment {
+    /// Figure 1: the four-layer CIFAR-10 net with ReLUs and with tanh, each at the learning
+    /// rate a short sweep finds fastest, no regularisation, raced to 25% training error.
+    /// Writes OUT/fig1.png and OUT/fig1.json.
+    Fig1 {
+        #[command(flatten)]
+        args: alexnet::experiment::fig1::Fig1Args,
+        #[command(flatten)]
+        device: DeviceArgs,
+    },
+    /// Section 3.3's CIFAR-10 claim: the same net without and with LRN (the paper: 13% vs 11%
+    /// test error), tested on the test batches. Writes OUT/cifar-lrn.json.
+    CifarLrn {
+        #[command(flatten)]
+        args: alexnet::experiment::fig1::CifarLrnArgs,
+        #[command(flatten)]
+        device: DeviceArgs,
+    },
 }
 
 #[derive(clap::Args, Clone, Debug)]
@@ -412,6 +447,19 @@ fn run(cli: Cli) -> Result<()> {
                 Err(e) if comm.size() > 1 => comm.abort(&e.to_string()),
                 other => other,
             }
+        }
+        Command::Experiment(Experiment::Fig1 { args, device }) => {
+            with_engines!(&device, device.threads, 1, |es| {
+                alexnet::experiment::fig1::run_fig1(&es, &args).map(drop)
+            })
+        }
+        Command::Ablate { args, device } => with_engines!(&device, device.threads, 1, |es| {
+            alexnet::experiment::ablate::run_ablate(&es, &args).map(drop)
+        }),
+        Command::Experiment(Experiment::CifarLrn { args, device }) => {
+            with_engines!(&device, device.threads, 1, |es| {
+                alexnet::experiment::fig1::run_cifar_lrn(&es, &args).map(drop)
+            })
         }
         Command::Summary {
             classes,
