@@ -703,13 +703,17 @@ fn bench<E: Engine>(engines: &[E], split: bool, shape: &BenchShape, comm: &Comm)
     sync_times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];
     let flops = flops_per_image as f64 * batch as f64;
+    // A collective: every rank takes part, before the others leave.
+    let alone = match ranks {
+        1 => 0.0,
+        _ => all_reduce_alone(engines, &mut trainer.model, comm)?,
+    };
     if !leader {
         return Ok(());
     }
     if ranks > 1 {
         let bytes: u64 = 4 * cfg.plan()?.iter().map(|p| p.params).sum::<u64>();
         let exposed = sync_times[sync_times.len() / 2];
-        let alone = all_reduce_alone(engines, &mut trainer.model, comm)?;
         println!(
             "gradient all-reduce per step: {:.1} MB; alone (after the backward) median {:.3} s \
              ({:.2} GB/s algorithm bandwidth); started during the backward, {:.3} s of it stays \
