@@ -9,7 +9,7 @@ step time = compute(B/N) + the ring all-reduce's share not hidden behind the bac
 - ring all-reduce of G bytes over N ranks (Patarasuk & Yuan 2009; NCCL's ring): each rank sends
   and receives 2 (N-1)/N G bytes over its link, in 2 (N-1) latency-bound steps per bucket:
   t = 2 (N-1)/N * G / bw + 2 (N-1) * buckets * alpha.
-- overlap: the fully connected layers hold 95% of the gradient bytes and finish first in the
+- overlap: the fully connected layers hold 96% of the gradient bytes and finish first in the
   backward pass, so their sums can travel while the convolutions' backward runs: the hidden
   share is at most the convolution backward time, 2/3 (backward's share of a step's FLOPs) x 92%
   (the convolutions' share of the FLOPs) of compute, scaled by HIDE_EFFICIENCY, the fraction of
