@@ -162,7 +162,7 @@ mod tests {
     fn a_zero_norm_leaves_the_plain_rate() {
         assert_eq!(trust_ratio(0.0, 4.0, 0.001, 0.0005), 1.0);
         assert_eq!(trust_ratio(4.0, 0.0, 0.001, 0.0005), 1.0);
-        // ||w|| = 2, ||dw|| = 3: 0.001 * 2 / (3 + 0.5 * 2).
-        assert!((trust_ratio(4.0, 9.0, 0.001, 0.5) - 0.0005).abs() < 1e-15);
+        // ||w|| = 2, ||dw|| = 3: 0.5 * 2 / (3 + 0.5 * 2), exact in binary.
+        assert_eq!(trust_ratio(4.0, 9.0, 0.5, 0.5), 0.25);
     }
 }
