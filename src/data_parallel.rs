@@ -11,13 +11,27 @@ use crate::data::Dataset;
 use crate::dist::{self, Comm};
 use crate::engine::Engine;
 use crate::error::Result;
+use crate::model::Ready;
 use crate::parallel::Network;
 use crate::trainer::GradientSync;
 
-/// The replicas of a data-parallel run, as the trainer's gradient sync.
+/// The replicas of a data-parallel run, as the trainer's gradient sync. As DDP does, gradients
+/// are gathered in backward order into buckets of about 25 MB, each started on its all-reduce as
+/// soon as it is full, while the backward goes on; after the backward only the sums still on
+/// their way are waited for. The sums are element-wise, so how the tensors fall into buckets
+/// changes nothing in the result.
 pub struct Replicas<'c> {
     comm: &'c Comm,
     bucket_bytes: usize,
+    /// The bucket being filled: gradients copied to the host, and which parameters they are
+    /// (index in `params_mut`'s order, length).
+    filling: Vec<f32>,
+    members: Vec<(usize, usize)>,
+    in_flight: Vec<(Vec<(usize, usize)>, dist::Pending<'c>)>,
+    /// Whether this step's gradients were handed over during backward.
+    handed: bool,
+    /// Seconds spent after the backward waiting for sums still in flight, summed over steps.
+    pub exposed_wait_seconds: f64,
 }
 
 impl<'c> Replicas<'c> {
@@ -25,7 +39,29 @@ impl<'c> Replicas<'c> {
         Replicas {
             comm,
             bucket_bytes: dist::DEFAULT_BUCKET_BYTES,
+            filling: Vec::new(),
+            members: Vec::new(),
+            in_flight: Vec::new(),
+            handed: false,
+            exposed_wait_seconds: 0.0,
         }
+    }
+
+    /// Buckets of `bytes` instead of DDP's 25 MB (tests: many buckets from a small net).
+    pub fn with_bucket_bytes(mut self, bytes: usize) -> Self {
+        self.bucket_bytes = bytes.max(4);
+        self
+    }
+
+    /// Starts the all-reduce of the bucket being filled (if it holds anything).
+    fn start_bucket(&mut self) {
+        if self.members.is_empty() {
+            return;
+        }
+        let bucket = std::mem::take(&mut self.filling);
+        let members = std::mem::take(&mut self.members);
+        self.in_flight
+            .push((members, self.comm.start_all_reduce(bucket)));
     }
 }
 
@@ -34,32 +70,49 @@ impl<E: Engine> GradientSync<E> for Replicas<'_> {
         self.comm.size()
     }
 
-    /// Buckets of about 25 MB in backward order (the last layers' gradients first), each copied
-    /// to the host and started on its all-reduce before the next is copied, so the copies overlap
-    /// the reductions; then each summed bucket is scaled by 1/N and copied back.
+    /// Copies the row's gradients into the bucket, starts it once full (at or past the size),
+    /// and lets the sums in flight advance (OpenMPI moves them only inside MPI calls).
+    fn gradients_ready(&mut self, ready: &Ready<'_, E>) -> Result<()> {
+        self.handed = true;
+        for &(index, e, p) in ready {
+            let at = self.filling.len();
+            self.filling.resize(at + p.len(), 0.0);
+            e.download(&p.grad, &mut self.filling[at..])?;
+            self.members.push((index, p.len()));
+        }
+        // Checked per row, so that a layer's bias travels with its weight.
+        if self.filling.len() * std::mem::size_of::<f32>() >= self.bucket_bytes {
+            self.start_bucket();
+        }
+        for (_, pending) in &mut self.in_flight {
+            pending.test();
+        }
+        Ok(())
+    }
+
+    /// Starts what the backward did not (the last bucket; everything, when the backward handed
+    /// nothing over), then takes each sum as it arrives, scales it by 1/N and copies it back.
     fn average_gradients(&mut self, engines: &[E], model: &mut Network<E>) -> Result<()> {
         let mut params = model.params_mut(engines);
-        params.reverse();
-        let sizes: Vec<usize> = params.iter().map(|(_, p)| p.len()).collect();
-        let mut in_flight = Vec::new();
-        for range in dist::buckets(&sizes, self.bucket_bytes) {
-            let mut bucket = vec![0f32; sizes[range.clone()].iter().sum()];
-            let mut at = 0;
-            for (e, p) in &params[range.clone()] {
-                e.download(&p.grad, &mut bucket[at..at + p.len()])?;
-                at += p.len();
-            }
-            in_flight.push((range, self.comm.start_all_reduce(bucket)));
+        if !std::mem::take(&mut self.handed) {
+            let all: Vec<_> = (params.iter().enumerate().rev())
+                .map(|(i, (e, p))| (i, *e, &**p))
+                .collect();
+            GradientSync::<E>::gradients_ready(self, &all)?;
+            self.handed = false;
         }
+        self.start_bucket();
         let scale = 1.0 / self.comm.size() as f32;
-        for (range, pending) in in_flight {
+        for (members, pending) in std::mem::take(&mut self.in_flight) {
+            let t0 = std::time::Instant::now();
             let mut summed = pending.wait();
+            self.exposed_wait_seconds += t0.elapsed().as_secs_f64();
             summed.iter_mut().for_each(|g| *g *= scale);
             let mut at = 0;
-            for (e, p) in &mut params[range] {
-                let n = p.len();
-                e.upload(&mut p.grad, &summed[at..at + n])?;
-                at += n;
+            for (index, len) in members {
+                let (e, p) = &mut params[index];
+                e.upload(&mut p.grad, &summed[at..at + len])?;
+                at += len;
             }
         }
         Ok(())

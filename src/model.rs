@@ -94,6 +94,9 @@ pub struct Sgd {
     pub weight_decay: f32,
     /// The paper's update rule names "weight w"; cuda-convnet and Caffe decay only weights.
     pub decay_biases: bool,
+    /// LARS's trust coefficient eta, when each layer's rate is scaled by its trust ratio
+    /// (beyond the paper: [`crate::large_batch::lars_step`]).
+    pub lars_eta: Option<f32>,
 }
 
 impl Default for Sgd {
@@ -102,9 +105,17 @@ impl Default for Sgd {
             momentum: 0.9,
             weight_decay: 0.0005,
             decay_biases: false,
+            lars_eta: None,
         }
     }
 }
+
+/// Parameters whose gradients a backward pass has just finished: each with its index in
+/// [`crate::parallel::Network::params_mut`]'s order and the executor that holds it.
+pub type Ready<'a, E> = [(usize, &'a E, &'a Param<<E as Engine>::Buf>)];
+
+/// What a backward pass calls with each row's [`Ready`] parameters.
+pub type OnReady<'f, E> = dyn FnMut(&Ready<'_, E>) -> Result<()> + 'f;
 
 /// Host copies of named tensors: (name, shape, values), in table order.
 pub type HostTensors = Vec<(String, Vec<usize>, Vec<f32>)>;
@@ -647,6 +658,19 @@ impl<E: Engine> Model<E> {
     /// Softmax cross-entropy of the last forward against `labels`, then gradients of every
     /// parameter (averaged over the batch). `train_seed` must be the forward's.
     pub fn backward(&mut self, e: &E, labels: &[u32], train_seed: Option<u64>) -> Result<f32> {
+        self.backward_with(e, labels, train_seed, &mut |_| Ok(()))
+    }
+
+    /// [`Model::backward`], handing each row's parameters to `on_ready` as soon as their
+    /// gradients are final (last row first), while the rows before it are still to run: a
+    /// data-parallel run starts summing them there.
+    pub fn backward_with(
+        &mut self,
+        e: &E,
+        labels: &[u32],
+        train_seed: Option<u64>,
+        on_ready: &mut OnReady<'_, E>,
+    ) -> Result<f32> {
         self.check_trains("backward")?;
         check_labels(labels, self.batch, self.cfg.classes)?;
         let last = self.acts.len() - 1;
@@ -660,8 +684,19 @@ impl<E: Engine> Model<E> {
         )?;
         for row in (0..self.steps.len()).rev() {
             self.backward_row(e, row, train_seed)?;
+            let ready = self.row_params(row, 0).map(|i| (i, e, &self.params[i]));
+            on_ready(&ready.collect::<Vec<_>>())?;
         }
         Ok(loss)
+    }
+
+    /// The indices of row `row`'s parameters (its weight and bias; none for rows without),
+    /// offset by `base`.
+    pub(crate) fn row_params(&self, row: usize, base: usize) -> std::ops::Range<usize> {
+        match self.steps[row].param {
+            Some(w) => base + w..base + w + 2,
+            None => base..base,
+        }
     }
 
     /// Runs row `row` backward (the gradient of its output already in place).
@@ -756,9 +791,14 @@ impl<E: Engine> Model<E> {
         Ok(())
     }
 
-    /// The paper's update for every parameter: v = 0.9 v - 0.0005 lr w - lr dL/dw; w += v.
+    /// The paper's update for every parameter: v = 0.9 v - 0.0005 lr w - lr dL/dw; w += v
+    /// (with `sgd.lars_eta`, at each layer's LARS rate).
     pub fn sgd_step(&mut self, e: &E, lr: f32, sgd: &Sgd) -> Result<()> {
         self.check_trains("the SGD update")?;
+        if let Some(eta) = sgd.lars_eta {
+            let params = self.params.iter_mut().map(|p| (e, p)).collect();
+            return crate::large_batch::lars_step(params, lr, sgd, eta);
+        }
         for p in &mut self.params {
             let decay = if p.is_bias && !sgd.decay_biases {
                 0.0

@@ -18,7 +18,7 @@ use std::thread;
 use crate::arch::ArchConfig;
 use crate::engine::{Blocks, Engine};
 use crate::error::{Error, Result};
-use crate::model::{check_labels, two, HostTensors, Init, Model, Param, Sgd};
+use crate::model::{check_labels, two, HostTensors, Init, Model, OnReady, Param, Sgd};
 
 /// Bytes moved by the last training step (forward, loss and backward).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -365,13 +365,15 @@ impl<E: Engine> ColumnModel<E> {
         self.gather_logits(engines)
     }
 
-    /// Loss of the last forward against `labels`, then every column's parameter gradients;
-    /// see [`Model::backward`].
-    pub fn backward(
+    /// Loss of the last forward against `labels`, then every column's parameter gradients,
+    /// each row's handed to `on_ready` once every column has finished it; see
+    /// [`Model::backward_with`].
+    pub fn backward_with(
         &mut self,
         engines: &[E],
         labels: &[u32],
         train_seed: Option<u64>,
+        on_ready: &mut OnReady<'_, E>,
     ) -> Result<f32> {
         let (n, classes) = (self.batch(), self.cfg.classes);
         check_labels(labels, n, classes)?;
@@ -407,6 +409,15 @@ impl<E: Engine> ColumnModel<E> {
         let gathers = self.gather_rows();
         for r in (0..self.columns[0].steps.len()).rev() {
             self.par_columns(engines, |m, e| m.backward_row(e, r, train_seed))?;
+            let per_column = self.columns[0].params.len();
+            let ready: Vec<_> = (self.columns.iter().enumerate())
+                .flat_map(|(c, m)| {
+                    let e = &engines[self.executor[c]];
+                    let indices = m.row_params(r, c * per_column);
+                    indices.map(move |i| (i, e, &m.params[i - c * per_column]))
+                })
+                .collect();
+            on_ready(&ready)?;
             if let Some(k) = gathers.iter().position(|&g| g == r) {
                 self.gather_backward(engines, r, k)?;
             }
@@ -414,8 +425,13 @@ impl<E: Engine> ColumnModel<E> {
         Ok(loss)
     }
 
+    /// The update on every column. LARS's trust ratios are a whole layer's, so they are taken
+    /// over all columns' slices together rather than column by column.
     pub fn sgd_step(&mut self, engines: &[E], lr: f32, sgd: &Sgd) -> Result<()> {
-        self.par_columns(engines, |m, e| m.sgd_step(e, lr, sgd))
+        match sgd.lars_eta {
+            Some(eta) => crate::large_batch::lars_step(self.params_mut(engines), lr, sgd, eta),
+            None => self.par_columns(engines, |m, e| m.sgd_step(e, lr, sgd)),
+        }
     }
 
     /// Softmax probabilities [N, classes] of the last forward (test mode).
@@ -653,11 +669,23 @@ impl<E: Engine> Network<E> {
     }
 
     pub fn backward(&mut self, engines: &[E], labels: &[u32], seed: Option<u64>) -> Result<f32> {
+        self.backward_with(engines, labels, seed, &mut |_| Ok(()))
+    }
+
+    /// [`Network::backward`], handing each row's parameters to `on_ready` as soon as their
+    /// gradients are final (see [`Model::backward_with`]).
+    pub fn backward_with(
+        &mut self,
+        engines: &[E],
+        labels: &[u32],
+        seed: Option<u64>,
+        on_ready: &mut OnReady<'_, E>,
+    ) -> Result<f32> {
         dispatch!(
             self,
             engines,
-            |m, e| m.backward(e, labels, seed),
-            |c, es| c.backward(es, labels, seed)
+            |m, e| m.backward_with(e, labels, seed, on_ready),
+            |c, es| c.backward_with(es, labels, seed, on_ready)
         )
     }
 

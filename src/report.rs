@@ -103,7 +103,7 @@ impl Reporter {
         log.step(&StepRecord {
             epoch: state.epoch + 1,
             step: state.step,
-            lr: state.lr,
+            lr: r.lr,
             loss: r.loss,
             top1_err: top1,
             top5_err: top5,

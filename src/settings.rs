@@ -24,6 +24,37 @@ pub fn below_one(s: &str) -> std::result::Result<f32, String> {
     number(s).and_then(|v| is_below_one(v).map(|()| v))
 }
 
+/// A number in (0, 1] (`--lars-eta`, a coefficient on a ratio of norms).
+pub fn unit_fraction(s: &str) -> std::result::Result<f32, String> {
+    number(s).and_then(|v| is_unit_fraction(v).map(|()| v))
+}
+
+/// Epochs of warmup (`--warmup-epochs`): 0 (none) up to [`MAX_WARMUP_EPOCHS`].
+pub fn warmup_epochs(s: &str) -> std::result::Result<f32, String> {
+    number(s).and_then(|v| is_warmup_epochs(v).map(|()| v))
+}
+
+/// Far above the 5 of Goyal et al. and any run's length; keeps the warmup's step count finite.
+pub const MAX_WARMUP_EPOCHS: f32 = 1000.0;
+
+/// The check behind [`unit_fraction`].
+pub fn is_unit_fraction(v: f32) -> std::result::Result<(), String> {
+    match v > 0.0 && v <= 1.0 {
+        true => Ok(()),
+        false => Err(format!("must be above 0 and at most 1 (got {v})")),
+    }
+}
+
+/// The check behind [`warmup_epochs`].
+pub fn is_warmup_epochs(v: f32) -> std::result::Result<(), String> {
+    match (0.0..=MAX_WARMUP_EPOCHS).contains(&v) {
+        true => Ok(()),
+        false => Err(format!(
+            "must be 0 or more and at most {MAX_WARMUP_EPOCHS} (got {v})"
+        )),
+    }
+}
+
 /// The checks behind [`positive`], for values that did not come through the parser (settings
 /// read back from a checkpoint, or set by a library user).
 pub fn is_positive(v: f32) -> std::result::Result<(), String> {
@@ -182,6 +213,15 @@ mod tests {
         assert_eq!(below_one("0.9"), Ok(0.9));
         for bad in ["1", "2", "-0.5", "nan"] {
             assert!(below_one(bad).is_err(), "{bad}");
+        }
+        assert_eq!(unit_fraction("1"), Ok(1.0));
+        for bad in ["0", "1.5", "-0.001", "nan"] {
+            assert!(unit_fraction(bad).is_err(), "{bad}");
+        }
+        assert_eq!(warmup_epochs("0"), Ok(0.0));
+        assert_eq!(warmup_epochs("0.5"), Ok(0.5));
+        for bad in ["-1", "1001", "inf", "nan"] {
+            assert!(warmup_epochs(bad).is_err(), "{bad}");
         }
         assert!(seconds("0").is_err() && seconds("1e300").is_err() && seconds("3").is_ok());
     }

@@ -14,6 +14,7 @@ use crate::dist::Comm;
 use crate::engine::{Engine, LrnParams};
 use crate::error::{Error, Result};
 use crate::eval::{evaluate, EvalOptions, EvalResult};
+use crate::large_batch::Warmup;
 use crate::metrics::MetricsLog;
 use crate::model::{Init, Sgd};
 use crate::parallel::Network;
@@ -53,6 +54,22 @@ pub struct TrainArgs {
     /// Also apply weight decay to biases (cuda-convnet and Caffe do not; the paper is silent).
     #[arg(long)]
     pub decay_biases: bool,
+    /// Gradual warmup for large batches (Goyal et al. 2017; beyond the paper): the learning
+    /// rate starts at the paper's-batch rate --lr x 128 / --batch-size and rises by equal steps
+    /// to --lr over this many epochs (fractions allowed), then follows the schedule. Give --lr
+    /// for the global batch by their linear scaling rule (0.01 x B / 128). Needs a --batch-size
+    /// above 128. 0 (default): no warmup; at most 1000.
+    #[arg(long, default_value_t = 0.0, value_parser = settings::warmup_epochs)]
+    pub warmup_epochs: f32,
+    /// LARS for large batches (You, Gitman & Ginsburg 2017; beyond the paper): each layer's
+    /// weights step at --lr x eta x ||w|| / (||grad|| + weight_decay x ||w||) inside the
+    /// momentum update; biases at --lr, without the trust ratio. The global --lr is then
+    /// typically far above 0.01.
+    #[arg(long)]
+    pub lars: bool,
+    /// LARS's trust coefficient eta (theirs: 0.001), in (0, 1].
+    #[arg(long, default_value_t = 0.001, value_parser = settings::unit_fraction, requires = "lars")]
+    pub lars_eta: f32,
     /// Seed for initialisation, data order, augmentation and dropout.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -478,12 +495,15 @@ pub fn train_in<E: Engine>(
         momentum: args.momentum,
         weight_decay: args.weight_decay,
         decay_biases: args.decay_biases,
+        lars_eta: args.lars.then_some(args.lars_eta),
     };
     let sync: Box<dyn GradientSync<E>> = match replica.ranks {
         1 => Box::new(Alone),
         _ => Box::new(Replicas::new(comm)),
     };
-    let mut trainer = Trainer::new(engines, model, state, sgd, sync);
+    let steps_per_epoch = (data.train.len() / args.batch_size()) as u64;
+    let warmup = Warmup::new(args.warmup_epochs, steps_per_epoch, args.batch_size())?;
+    let mut trainer = Trainer::new(engines, model, state, sgd, sync).with_warmup(warmup);
     let classes = data.class_names.len();
     let paper_init = args.init() == InitArg::Paper;
     let mut report = Reporter::new(log, args.quiet, classes, paper_init);
@@ -980,10 +1000,17 @@ fn validate(args: &TrainArgs) -> Result<()> {
             settings::is_non_negative(args.weight_decay),
         ),
         ("--dropout", settings::is_below_one(args.dropout())),
+        (
+            "--warmup-epochs",
+            settings::is_warmup_epochs(args.warmup_epochs),
+        ),
+        ("--lars-eta", settings::is_unit_fraction(args.lars_eta)),
     ];
     for (flag, check) in reals {
         check.map_err(|m| Error::Config(format!("{flag} {m}")))?;
     }
+    // Before any work: a warmup the batch cannot have.
+    Warmup::new(args.warmup_epochs, 1, args.batch_size())?;
     Ok(())
 }
 

@@ -1,15 +1,17 @@
 //! One training run's state and its SGD step, in the one order every caller uses (`train`,
 //! `bench`, data-parallel ranks): forward on the batch uploaded during the step before; fetch and
-//! upload the next batch while the engine works through that forward; backward; sum the
-//! gradients across data-parallel replicas; the paper's update.
+//! upload the next batch while the engine works through that forward; backward, each layer's
+//! gradients starting their sum across data-parallel replicas as soon as they are final; the
+//! paper's update (at the warmup's rate, with LARS's per-layer rates when asked: `large_batch`).
 
 use std::path::PathBuf;
 
 use crate::checkpoint::{Checkpoint, NamedTensor, TrainState};
 use crate::engine::Engine;
 use crate::error::{Error, Result};
+use crate::large_batch::Warmup;
 use crate::metrics::topk_errors;
-use crate::model::{HostTensors, Sgd};
+use crate::model::{HostTensors, Ready, Sgd};
 use crate::parallel::Network;
 use crate::rng::hash;
 
@@ -20,7 +22,11 @@ use crate::rng::hash;
 pub trait GradientSync<E: Engine> {
     /// How many replicas share each step.
     fn replicas(&self) -> usize;
-    /// Replaces every gradient of `model` with its mean over the replicas.
+    /// Called during backward with each row's parameters as soon as their gradients are final,
+    /// last row first, so that their communication can start while the backward goes on.
+    fn gradients_ready(&mut self, ready: &Ready<'_, E>) -> Result<()>;
+    /// After backward: replaces every gradient of `model` with its mean over the replicas (also
+    /// those not handed to [`GradientSync::gradients_ready`]).
     fn average_gradients(&mut self, engines: &[E], model: &mut Network<E>) -> Result<()>;
     /// Sums per-replica statistics (loss sums, error counts, image counts) in place.
     fn sum_stats(&mut self, stats: &mut [f64]) -> Result<()>;
@@ -32,6 +38,9 @@ pub struct Alone;
 impl<E: Engine> GradientSync<E> for Alone {
     fn replicas(&self) -> usize {
         1
+    }
+    fn gradients_ready(&mut self, _: &Ready<'_, E>) -> Result<()> {
+        Ok(())
     }
     fn average_gradients(&mut self, _: &[E], _: &mut Network<E>) -> Result<()> {
         Ok(())
@@ -62,6 +71,8 @@ pub struct StepResult {
     pub top1_errors: usize,
     pub top5_errors: usize,
     pub images: usize,
+    /// The learning rate the update used: the schedule's, times the warmup's fraction.
+    pub lr: f32,
 }
 
 /// The model on its engines, the run's state and the update rule.
@@ -70,10 +81,13 @@ pub struct Trainer<'e, E: Engine> {
     pub model: Network<E>,
     pub state: TrainState,
     sgd: Sgd,
+    warmup: Option<Warmup>,
     sync: Box<dyn GradientSync<E> + 'e>,
     /// The last checkpoint written, named when a step diverges.
     pub last_saved: Option<PathBuf>,
-    /// Seconds spent averaging gradients across replicas, summed over steps.
+    /// Seconds the step spent on averaging gradients across replicas, summed over steps: in
+    /// backward (copying gradients out and starting their sums) and after it (waiting for the
+    /// sums not yet arrived, copying them back): the communication not hidden behind compute.
     pub sync_seconds: f64,
 }
 
@@ -90,10 +104,23 @@ impl<'e, E: Engine> Trainer<'e, E> {
             model,
             state,
             sgd,
+            warmup: None,
             sync,
             last_saved: None,
             sync_seconds: 0.0,
         }
+    }
+
+    /// Ramps each step's learning rate up as `warmup` says (Goyal et al.'s gradual warmup).
+    pub fn with_warmup(mut self, warmup: Option<Warmup>) -> Self {
+        self.warmup = warmup;
+        self
+    }
+
+    /// The learning rate of the next step: the schedule's, times the warmup's fraction.
+    pub fn step_lr(&self) -> f32 {
+        let fraction = self.warmup.map_or(1.0, |w| w.factor(self.state.step));
+        (self.state.lr as f64 * fraction) as f32
     }
 
     /// Uploads the first batch of a sequence of steps; each step uploads the one after its own.
@@ -115,7 +142,20 @@ impl<'e, E: Engine> Trainer<'e, E> {
         if let Some(next) = fetch_next() {
             self.model.prefetch_input(engines, next)?;
         }
-        let loss = self.model.backward(engines, labels, Some(seed))?;
+        let sync = &mut self.sync;
+        let mut in_backward = 0.0;
+        let loss = self
+            .model
+            .backward_with(engines, labels, Some(seed), &mut |ready| {
+                let t0 = std::time::Instant::now();
+                let started = sync.gradients_ready(ready);
+                in_backward += t0.elapsed().as_secs_f64();
+                started
+            })?;
+        let t0 = std::time::Instant::now();
+        // Before anything else can fail: every replica finishes the sums it started.
+        self.sync.average_gradients(engines, &mut self.model)?;
+        self.sync_seconds += in_backward + t0.elapsed().as_secs_f64();
         let probs = self.model.train_probabilities(engines)?;
         let classes = self.model.cfg().classes;
         let mut stats = [
@@ -130,15 +170,13 @@ impl<'e, E: Engine> Trainer<'e, E> {
             top1_errors: stats[1] as usize,
             top5_errors: stats[2] as usize,
             images: stats[3] as usize,
+            lr: self.step_lr(),
         };
         // Checked on the global loss, so every replica stops at the same step.
         if !result.loss.is_finite() {
             return Err(self.divergence(result.loss));
         }
-        let t0 = std::time::Instant::now();
-        self.sync.average_gradients(engines, &mut self.model)?;
-        self.sync_seconds += t0.elapsed().as_secs_f64();
-        self.model.sgd_step(engines, self.state.lr, &self.sgd)?;
+        self.model.sgd_step(engines, result.lr, &self.sgd)?;
         self.state.step += 1;
         self.state.batch_in_epoch += 1;
         Ok(result)

@@ -17,6 +17,7 @@
 //! that names the layer and the argument instead of returning a result.
 
 pub mod gradcheck;
+pub mod large_batch;
 
 // ----------------------------------------------------------------------------------------------
 // small helpers
