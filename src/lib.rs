@@ -12,6 +12,7 @@ pub mod dist;
 pub mod engine;
 pub mod error;
 pub mod eval;
+pub mod import;
 pub mod memory;
 pub mod metrics;
 pub mod model;
