@@ -50,6 +50,13 @@ pub enum Kind {
         size: usize,
         stride: usize,
     },
+    /// PyTorch's `AdaptiveAvgPool2d(out)` (torchvision's AlexNet, before its classifier): average
+    /// over windows that tile the input into `out x out` cells. Offered where it is the identity
+    /// (the input already `out x out`: torchvision's net at 224 px, whose pool5 gives 6x6); other
+    /// inputs are refused when the table is planned.
+    AdaptiveAvgPool {
+        out: usize,
+    },
     /// Fully connected to `out` units (the input is flattened in C,H,W order).
     Fc {
         out: usize,
@@ -67,7 +74,10 @@ impl Kind {
 
     /// Whether the row overwrites its input instead of writing a new buffer.
     pub fn is_in_place(&self) -> bool {
-        matches!(self, Kind::Relu | Kind::Tanh | Kind::Dropout)
+        matches!(
+            self,
+            Kind::Relu | Kind::Tanh | Kind::Dropout | Kind::AdaptiveAvgPool { .. }
+        )
     }
 
     /// The weighted rows' initialisation.
@@ -137,6 +147,13 @@ pub enum Net {
     /// cuda-convnet's CIFAR-10 net (layers-18pct, without its response normalisation): three
     /// 5x5 convolutions with max and average pooling and one classifier layer, for 32x32 inputs.
     Cifar10,
+    /// torchvision's `alexnet` (Krizhevsky's "one weird trick" variant, 2014): one column of
+    /// 64/192/384/256/256 kernels, conv1 11x11 stride 4 pad 2, no LRN, adaptive average pooling
+    /// to 6x6, dropout before fc6 and fc7; 224 px input.
+    Torchvision,
+    /// Caffe's `bvlc_alexnet`: the paper's two-column net with Caffe's LRN (over all 96/256 maps
+    /// of the row, k = 1, alpha / n) and Caffe's initialisation; 227 px input.
+    Caffe,
     /// A net file's table.
     Table(Table),
 }
@@ -148,6 +165,8 @@ impl Net {
             Net::Paper => "paper",
             Net::OneColumn => "one-column",
             Net::Cifar10 => "cifar10",
+            Net::Torchvision => "torchvision",
+            Net::Caffe => "caffe",
             Net::Table(t) => &t.name,
         }
     }
@@ -157,8 +176,9 @@ impl Net {
     pub fn default_input_size(&self) -> usize {
         match self {
             Net::Cifar10 => 32,
+            Net::Torchvision => 224,
             Net::Table(t) => t.input_size.unwrap_or(227),
-            Net::Paper | Net::OneColumn => 227,
+            Net::Paper | Net::OneColumn | Net::Caffe => 227,
         }
     }
 
@@ -171,7 +191,7 @@ impl Net {
                 Some(Kind::Fc { out, .. }) => out,
                 _ => 1000,
             },
-            Net::Paper | Net::OneColumn => 1000,
+            Net::Paper | Net::OneColumn | Net::Torchvision | Net::Caffe => 1000,
         }
     }
 }
@@ -239,6 +259,8 @@ impl ArchConfig {
             Net::Paper => self.alexnet([96, 256, 384, 384], 2),
             Net::OneColumn => self.alexnet([48, 128, 192, 192], 1),
             Net::Cifar10 => self.cifar10(),
+            Net::Torchvision => torchvision_rows(TORCHVISION_WIDTHS, self.classes),
+            Net::Caffe => caffe_rows(CAFFE_WIDTHS, self.classes),
             Net::Table(t) => t.layers.clone(),
         }
     }
@@ -448,6 +470,129 @@ impl ArchConfig {
     }
 }
 
+/// torchvision's widths: conv1..conv5 kernels, then the hidden fully connected layers' units.
+pub const TORCHVISION_WIDTHS: [usize; 6] = [64, 192, 384, 256, 256, 4096];
+
+/// torchvision's `alexnet` with `widths` (conv1..conv5, hidden fc; [`TORCHVISION_WIDTHS`] for
+/// its own): its `features` and `classifier` in their order, dropout before fc6 and fc7. The
+/// weights start as PyTorch's default initialisation does in variance (its uniform
+/// `1/sqrt(3 fan_in)` std, here Gaussian), the biases at 0.
+pub fn torchvision_rows(widths: [usize; 6], classes: usize) -> Vec<Layer> {
+    let [c1, c2, c3, c4, c5, hidden] = widths;
+    let row = |name: &str, kind: Kind| Layer {
+        name: name.to_string(),
+        kind,
+        columns: 1,
+        reads_all_columns: true,
+    };
+    let pytorch = |fan_in: usize| ParamInit {
+        std: 1.0 / (3.0 * fan_in as f64).sqrt(),
+        bias: 0.0,
+    };
+    let conv = |out, k, stride, pad, c_in: usize| Kind::Conv {
+        out,
+        k,
+        stride,
+        pad,
+        init: pytorch(c_in * k * k),
+    };
+    let fc = |out, fan_in| Kind::Fc {
+        out,
+        init: pytorch(fan_in),
+    };
+    let pool = Kind::MaxPool { size: 3, stride: 2 };
+    vec![
+        row("conv1", conv(c1, 11, 4, 2, 3)),
+        row("relu1", Kind::Relu),
+        row("pool1", pool),
+        row("conv2", conv(c2, 5, 1, 2, c1)),
+        row("relu2", Kind::Relu),
+        row("pool2", pool),
+        row("conv3", conv(c3, 3, 1, 1, c2)),
+        row("relu3", Kind::Relu),
+        row("conv4", conv(c4, 3, 1, 1, c3)),
+        row("relu4", Kind::Relu),
+        row("conv5", conv(c5, 3, 1, 1, c4)),
+        row("relu5", Kind::Relu),
+        row("pool5", pool),
+        row("avgpool", Kind::AdaptiveAvgPool { out: 6 }),
+        row("drop6", Kind::Dropout),
+        row("fc6", fc(hidden, c5 * 36)),
+        row("relu6", Kind::Relu),
+        row("drop7", Kind::Dropout),
+        row("fc7", fc(hidden, hidden)),
+        row("relu7", Kind::Relu),
+        row("fc8", fc(classes, hidden)),
+    ]
+}
+
+/// Caffe's LRN in bvlc_alexnet: `local_size: 5, alpha: 0.0001, beta: 0.75`, Caffe's k = 1, and
+/// Caffe divides alpha by the window size.
+pub const CAFFE_LRN: LrnParams = LrnParams {
+    size: 5,
+    alpha: 1e-4,
+    beta: 0.75,
+    k: 1.0,
+    alpha_over_n: true,
+};
+
+/// Caffe's bvlc_alexnet widths: conv1..conv5 kernels, then the hidden fully connected units.
+pub const CAFFE_WIDTHS: [usize; 6] = [96, 256, 384, 384, 256, 4096];
+
+/// Caffe's bvlc_alexnet with `widths` ([`CAFFE_WIDTHS`] for its own): the paper's two-column
+/// table and wiring (Caffe's `group: 2` in conv2, conv4, conv5), its LRN rows normalising over
+/// all the row's maps with [`CAFFE_LRN`], and its initialisation (std 0.005 in fc6 and fc7, 0.01
+/// elsewhere; biases 0.1 in conv2, conv4, conv5, fc6, fc7, else 0).
+pub fn caffe_rows(widths: [usize; 6], classes: usize) -> Vec<Layer> {
+    let [c1, c2, c3, c4, c5, hidden] = widths;
+    let row = |name: &str, kind: Kind, reads_all_columns: bool| Layer {
+        name: name.to_string(),
+        kind,
+        columns: 2,
+        reads_all_columns,
+    };
+    let conv = |out, k, stride, pad, bias| Kind::Conv {
+        out,
+        k,
+        stride,
+        pad,
+        init: ParamInit { std: 0.01, bias },
+    };
+    let fc = |out, std, bias| Kind::Fc {
+        out,
+        init: ParamInit { std, bias },
+    };
+    let lrn = Kind::Lrn {
+        params: CAFFE_LRN,
+        across_columns: true,
+    };
+    let pool = Kind::MaxPool { size: 3, stride: 2 };
+    vec![
+        row("conv1", conv(c1, 11, 4, 0, 0.0), true),
+        row("relu1", Kind::Relu, false),
+        row("norm1", lrn, false),
+        row("pool1", pool, false),
+        row("conv2", conv(c2, 5, 1, 2, 0.1), false),
+        row("relu2", Kind::Relu, false),
+        row("norm2", lrn, false),
+        row("pool2", pool, false),
+        row("conv3", conv(c3, 3, 1, 1, 0.0), true),
+        row("relu3", Kind::Relu, false),
+        row("conv4", conv(c4, 3, 1, 1, 0.1), false),
+        row("relu4", Kind::Relu, false),
+        row("conv5", conv(c5, 3, 1, 1, 0.1), false),
+        row("relu5", Kind::Relu, false),
+        row("pool5", pool, false),
+        row("fc6", fc(hidden, 0.005, 0.1), true),
+        row("relu6", Kind::Relu, false),
+        row("drop6", Kind::Dropout, false),
+        row("fc7", fc(hidden, 0.005, 0.1), true),
+        row("relu7", Kind::Relu, false),
+        row("drop7", Kind::Dropout, false),
+        row("fc8", fc(classes, 0.01, 0.0), true),
+    ]
+}
+
 /// A row's output shape, parameters, forward multiply-adds and (conv) geometry.
 type RowCost = (Dims, u64, u64, Option<ConvShape>);
 
@@ -502,6 +647,17 @@ fn plan_row(
                     "normalises within each column, but its {} maps do not split into {} \
                      equal columns",
                     input.c, layer.columns
+                )));
+            }
+            (input, 0, 0, None)
+        }
+        Kind::AdaptiveAvgPool { out } => {
+            if (input.h, input.w) != (out, out) {
+                return Err(fail(format!(
+                    "adaptive average pooling to {out}x{out} is offered only where it is the \
+                     identity, but its input maps are {}x{} (input size {input_size}); torchvision's \
+                     net gets {out}x{out} maps at 224 px",
+                    input.h, input.w
                 )));
             }
             (input, 0, 0, None)
@@ -744,6 +900,7 @@ pub fn summary_table(cfg: &ArchConfig) -> Result<String> {
             }
             Kind::MaxPool { size, stride } => format!("maxpool {size}/{stride}"),
             Kind::AvgPool { size, stride } => format!("avgpool {size}/{stride}"),
+            Kind::AdaptiveAvgPool { out } => format!("adaptive avgpool {out}x{out}"),
             Kind::Fc { .. } => "fully connected".into(),
             Kind::Dropout => format!("dropout p={}", cfg.dropout),
         };

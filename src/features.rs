@@ -76,7 +76,10 @@ pub fn load_model<E: Engine>(
     }
     let mean = ckpt.mean.clone().ok_or_else(|| Error::Checkpoint {
         path: path.to_path_buf(),
-        msg: "holds no mean image, so inputs cannot be normalised as in training".into(),
+        msg: match ckpt.extra_metadata.get(crate::import::MEAN_NEEDED) {
+            Some(needed) => format!("holds no mean image: {needed}"),
+            None => "holds no mean image, so inputs cannot be normalised as in training".into(),
+        },
     })?;
     let stats = Stats {
         side: ckpt.mean_side,

@@ -16,6 +16,7 @@ pub mod eval;
 pub mod experiment;
 pub mod features;
 pub mod figures;
+pub mod import;
 pub mod large_batch;
 pub mod memory;
 pub mod metrics;

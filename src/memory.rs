@@ -46,7 +46,7 @@ impl Footprint {
             let out = p.output.len() as u64;
             per_image += match p.layer.kind {
                 // In place: no buffer of their own.
-                Kind::Relu | Kind::Dropout => 0,
+                Kind::Relu | Kind::Dropout | Kind::AdaptiveAvgPool { .. } => 0,
                 // Output, its gradient and the normalising scale.
                 Kind::Lrn { .. } => 3 * out,
                 _ => 2 * out,

@@ -606,6 +606,8 @@ impl<E: Engine> Model<E> {
                 let (x, y) = two(&mut self.acts, input, output);
                 e.avgpool_forward(&shape, x, y)?;
             }
+            // The plan admits it only where it is the identity.
+            Kind::AdaptiveAvgPool { .. } => {}
             Kind::Dropout => match train_seed {
                 Some(seed) if self.cfg.dropout > 0.0 => {
                     let mask = self.mask(seed, row);
@@ -770,6 +772,7 @@ impl<E: Engine> Model<E> {
                 let (dx, dy) = two(&mut self.grads, input, output);
                 e.avgpool_backward(&shape, dy, dx)?;
             }
+            Kind::AdaptiveAvgPool { .. } => {}
             Kind::Dropout => {
                 if let Some(seed) = train_seed.filter(|_| self.cfg.dropout > 0.0) {
                     let mask = self.mask(seed, row);

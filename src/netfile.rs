@@ -9,8 +9,9 @@
 //!
 //! [[layer]]                # one section per layer, in order
 //! name = "conv1"
-//! kind = "conv"            # conv, fc, relu, tanh, lrn, max-pool, avg-pool, dropout
-//! out = 32                 # conv: kernels; fc: units
+//! kind = "conv"            # conv, fc, relu, tanh, lrn, max-pool, avg-pool,
+//!                          # adaptive-avg-pool, dropout
+//! out = 32                 # conv: kernels; fc: units; adaptive-avg-pool: output side
 //! size = 5                 # conv: kernel side; pools and lrn: window
 //! stride = 1               # conv (default 1), pools
 //! pad = 2                  # conv (default 0)
@@ -225,10 +226,16 @@ fn kind(spec: &LayerSpec) -> std::result::Result<(Kind, &'static [&'static str])
             },
             &["size", "stride"],
         ),
+        "adaptive-avg-pool" => (
+            Kind::AdaptiveAvgPool {
+                out: need("out", spec.out)?,
+            },
+            &["out"],
+        ),
         other => {
             return Err(format!(
                 "unknown kind {other:?} (one of conv, fc, relu, tanh, lrn, max-pool, avg-pool, \
-                 dropout)"
+                 adaptive-avg-pool, dropout)"
             ))
         }
     })
@@ -260,7 +267,12 @@ mod tests {
 
     #[test]
     fn the_example_files_are_the_presets_row_for_row() {
-        for (file, preset) in [("paper.toml", Net::Paper), ("cifar10.toml", Net::Cifar10)] {
+        for (file, preset) in [
+            ("paper.toml", Net::Paper),
+            ("cifar10.toml", Net::Cifar10),
+            ("torchvision.toml", Net::Torchvision),
+            ("caffe.toml", Net::Caffe),
+        ] {
             let table = read(
                 &Path::new(env!("CARGO_MANIFEST_DIR"))
                     .join("nets")

@@ -93,8 +93,10 @@ pub struct TrainArgs {
     /// quick demo).
     #[arg(long, value_enum)]
     pub init: Option<InitArg>,
-    /// Network: `paper` (two columns, Figure 2), `one-column` (footnote 2's comparison net) or
-    /// `cifar10` (cuda-convnet's CIFAR-10 net, for --input-size 32).
+    /// Network: `paper` (two columns, Figure 2), `one-column` (footnote 2's comparison net),
+    /// `cifar10` (cuda-convnet's CIFAR-10 net, for --input-size 32), `torchvision` (torchvision's
+    /// alexnet, for --input-size 224) or `caffe` (Caffe's bvlc_alexnet). The peers' nets were
+    /// trained with --inverted-dropout.
     #[arg(long, value_enum, default_value_t = PresetArg::Paper)]
     pub preset: PresetArg,
     /// A net file instead of a preset: TOML (or JSON, by its .json extension) with one section
@@ -238,6 +240,8 @@ pub enum PresetArg {
     Paper,
     OneColumn,
     Cifar10,
+    Torchvision,
+    Caffe,
 }
 
 impl PresetArg {
@@ -247,6 +251,8 @@ impl PresetArg {
             PresetArg::Paper => Net::Paper,
             PresetArg::OneColumn => Net::OneColumn,
             PresetArg::Cifar10 => Net::Cifar10,
+            PresetArg::Torchvision => Net::Torchvision,
+            PresetArg::Caffe => Net::Caffe,
         }
     }
 }

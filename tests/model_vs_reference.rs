@@ -58,6 +58,8 @@ fn reference_net(
             } => r::lrn_forward(&lrn_of(p, n, &params, across_columns), &x),
             Kind::MaxPool { size, stride } => r::maxpool_forward(&pool_of(p, n, size, stride), &x),
             Kind::AvgPool { size, stride } => r::avgpool_forward(&pool_of(p, n, size, stride), &x),
+            // The plan admits adaptive pooling only where it is the identity.
+            Kind::AdaptiveAvgPool { .. } => x,
             Kind::Dropout => {
                 let seed = Model::<CpuEngine>::dropout_seed(step_seed, row);
                 let keep: Vec<bool> = (0..x.len())
@@ -107,6 +109,7 @@ fn reference_net(
             Kind::AvgPool { size, stride } => {
                 r::avgpool_backward(&pool_of(p, n, size, stride), x.len(), &dy)
             }
+            Kind::AdaptiveAvgPool { .. } => dy,
             Kind::Dropout => r::dropout_backward(&dy, &masks.pop().unwrap(), 1.0),
         };
     }
@@ -198,6 +201,27 @@ fn matches_the_reference(cfg: &ArchConfig, init: Init, labels: &[u32]) {
 #[test]
 fn paper_alexnet_batch_2_matches_the_reference() {
     matches_the_reference(&ArchConfig::default(), Init::Paper, &[3, 917]);
+}
+
+#[test]
+fn caffe_preset_matches_the_reference() {
+    // Caffe's LRN over all 96/256 maps of the two-column layers (k = 1, alpha / n), at the
+    // smallest input the paper's geometry allows.
+    let cfg = ArchConfig::for_net(Net::Caffe, Some(10), Some(67));
+    matches_the_reference(&cfg, Init::Paper, &[3, 9]);
+}
+
+#[test]
+fn torchvision_structure_at_224_px_matches_the_reference() {
+    // torchvision's rows (conv1 pad 2, no LRN, pool5 to 6x6 and the identity adaptive pool,
+    // dropout before fc6 and fc7) with narrow layers so that the f64 reference stays quick.
+    let table = alexnet::arch::Table {
+        name: "torchvision-narrow".into(),
+        input_size: Some(224),
+        layers: alexnet::arch::torchvision_rows([8, 16, 24, 16, 16, 32], 10),
+    };
+    let cfg = ArchConfig::for_net(Net::Table(table), None, None);
+    matches_the_reference(&cfg, Init::Paper, &[3, 9]);
 }
 
 #[test]

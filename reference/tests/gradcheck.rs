@@ -233,6 +233,14 @@ fn lrn_alpha_over_n_groups_1_and_2() {
 }
 
 #[test]
+fn lrn_caffe_constants_across_all_maps() {
+    // Caffe's bvlc_alexnet LRN: k = 1, alpha = 1e-4 divided by n = 5, beta = 0.75, one window
+    // over all the maps of a two-column layer (groups 1 over 12 maps, as over conv1's 96); inputs
+    // up to 20 so that the cross-channel term (2 alpha/n beta a^2 / S ~ 1e-2 relative) shows
+    check_lrn(lrn(12, 1, 5, 1e-4, 1.0, true), 27, 20.0);
+}
+
+#[test]
 fn lrn_strong_paper_convention_window_wider_than_column() {
     // columns of 3 channels with a 5-wide window: every window is clamped on at least one side
     for (groups, seed) in [(1, 24), (2, 25)] {

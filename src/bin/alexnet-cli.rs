@@ -60,7 +60,8 @@ enum Command {
         /// `input_size` or 227).
         #[arg(long, value_parser = settings::count_in(1, MAX_INPUT))]
         input_size: Option<usize>,
-        /// `paper` (two columns), `one-column` (footnote 2) or `cifar10` (cuda-convnet's).
+        /// `paper` (two columns), `one-column` (footnote 2), `cifar10` (cuda-convnet's),
+        /// `torchvision` (torchvision's alexnet, 224 px) or `caffe` (Caffe's bvlc_alexnet).
         #[arg(long, value_enum, default_value_t = alexnet::train::PresetArg::Paper)]
         preset: alexnet::train::PresetArg,
         /// A net file (TOML, or JSON by its .json extension; one section per layer) instead of
@@ -68,6 +69,9 @@ enum Command {
         #[arg(long, value_name = "FILE", conflicts_with = "preset")]
         net: Option<PathBuf>,
     },
+    /// A peer's pretrained AlexNet (torchvision's state_dict, Caffe's .caffemodel) as a
+    /// checkpoint here, with its preprocessing, for predict, eval and train --init-from.
+    Import(alexnet::import::ImportArgs),
     /// Turn a folder of images (ImageFolder or ILSVRC layout) into a packed dataset with its
     /// mean image and RGB PCA.
     Prepare(alexnet::data::prepare::PrepareArgs),
@@ -473,6 +477,18 @@ fn run(cli: Cli) -> Result<()> {
             };
             let cfg = ArchConfig::for_net(net, classes, input_size);
             print!("{}", summary_table(&cfg)?);
+            Ok(())
+        }
+        Command::Import(args) => {
+            let ckpt = alexnet::import::import(&args)?;
+            println!(
+                "wrote {}: net {}, {} classes, {}x{} input",
+                args.out.display(),
+                ckpt.arch.net.label(),
+                ckpt.arch.classes,
+                ckpt.arch.input_size,
+                ckpt.arch.input_size
+            );
             Ok(())
         }
         Command::Prepare(args) => {

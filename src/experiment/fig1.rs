@@ -159,6 +159,7 @@ fn spec(args: &CifarArgs, label: &str, net: &Net, lr: f32) -> FitSpec {
             momentum: args.momentum,
             weight_decay: 0.0,
             decay_biases: false,
+            lars_eta: None,
         },
         batch: args.batch_size,
         augment: super::no_augmentation(SIDE),
