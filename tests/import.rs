@@ -106,11 +106,8 @@ fn torchvision_import_gives_pytorchs_logits() {
     // What was written is what predict will read.
     let loaded = Checkpoint::load(&out).unwrap();
     assert_eq!(loaded.params, ckpt.params);
-    // (The table's init std values go through JSON, which may move their last digit.)
-    assert_eq!(
-        Checkpoint::param_shapes(&loaded.arch).unwrap(),
-        Checkpoint::param_shapes(&ckpt.arch).unwrap()
-    );
+    // The whole table, init std values included: f64s survive the JSON exactly.
+    assert_eq!(loaded.arch, ckpt.arch);
 
     let ours = our_logits(&loaded);
     let theirs = torch_logits();
