@@ -115,6 +115,7 @@ fn every_numeric_flag_is_range_checked_before_any_work() {
         "--runs-dir".into(),
         runs.to_str().unwrap().into(),
     ];
+    let lars = [train.clone(), vec!["--lars".to_string()]].concat();
     let device = vec!["bench".to_string(), "--device".into(), "cuda".into()];
     let summary = vec!["summary".to_string()];
     let prepare = vec![
@@ -144,8 +145,10 @@ fn every_numeric_flag_is_range_checked_before_any_work() {
                 ("--builtin-val", 1.0, None, true),
                 ("--executors", 1.0, Some(64.0), true),
                 ("--threads", 0.0, Some(1024.0), true),
+                ("--warmup-epochs", 0.0, None, false),
             ],
         ),
+        (&lars, vec![("--lars-eta", 1e-30, None, false)]),
         (
             &device,
             vec![
