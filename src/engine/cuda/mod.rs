@@ -168,6 +168,25 @@ impl CudaEngine {
         memory::mem_info(self.device)
     }
 
+    /// The one way an op reaches the C side: the call runs with the engine's lock held and its
+    /// context, and its status comes back as a `Result` naming the call that failed.
+    fn launch(&self, call: impl FnOnce(*mut ffi::anc_ctx) -> ffi::anc_status) -> Result<()> {
+        let inner = self.lock();
+        status::check(&call(inner.ctx))
+    }
+
+    /// [`CudaEngine::launch`] with the engine's scratch grown to `floats` f32-sized slots first
+    /// and passed to the call.
+    fn launch_with_scratch(
+        &self,
+        floats: usize,
+        call: impl FnOnce(*mut ffi::anc_ctx, *mut f32) -> ffi::anc_status,
+    ) -> Result<()> {
+        let mut inner = self.lock();
+        let scratch = self.scratch(&mut inner, floats)?;
+        status::check(&call(inner.ctx, scratch))
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding the lock leaves no half-updated state on the host side (the
         // scratch is either the old or the new allocation), so a poisoned lock is still usable.
@@ -343,40 +362,34 @@ impl Engine for CudaEngine {
 
     fn download(&self, src: &DeviceBuffer, dst: &mut [f32]) -> Result<()> {
         check_len("download", "dst", dst.len(), src.len())?;
-        let inner = self.lock();
         // SAFETY: src holds src.len() f32 and dst is a live host slice of the same length.
-        let st = unsafe {
+        self.launch(|ctx| unsafe {
             ffi::anc_download(
-                inner.ctx,
+                ctx,
                 dst.as_mut_ptr().cast(),
                 src.as_ptr().cast(),
                 dst.len() * 4,
             )
-        };
-        status::check(&st)
+        })
     }
 
     fn copy(&self, dst: &mut DeviceBuffer, src: &DeviceBuffer) -> Result<()> {
         check_len("copy", "src", src.len(), dst.len())?;
-        let inner = self.lock();
         // SAFETY: both buffers hold dst.len() f32; `&mut dst` and `&src` cannot alias.
-        let st = unsafe {
+        self.launch(|ctx| unsafe {
             ffi::anc_copy(
-                inner.ctx,
+                ctx,
                 dst.as_mut_ptr().cast(),
                 src.as_ptr().cast(),
                 dst.len() * 4,
             )
-        };
-        status::check(&st)
+        })
     }
 
     fn add(&self, dst: &mut DeviceBuffer, src: &DeviceBuffer) -> Result<()> {
         check_len("add", "src", src.len(), dst.len())?;
-        let inner = self.lock();
         // SAFETY: both buffers hold dst.len() f32; `&mut dst` and `&src` cannot alias.
-        let st = unsafe { ffi::anc_add(inner.ctx, dst.as_mut_ptr(), src.as_ptr(), dst.len()) };
-        status::check(&st)
+        self.launch(|ctx| unsafe { ffi::anc_add(ctx, dst.as_mut_ptr(), src.as_ptr(), dst.len()) })
     }
 
     // The source device's queued work (which produced `src`) is finished first; the copy runs on
@@ -417,24 +430,18 @@ impl Engine for CudaEngine {
     }
 
     fn fill(&self, buf: &mut DeviceBuffer, value: f32) -> Result<()> {
-        let inner = self.lock();
         // SAFETY: buf holds buf.len() f32.
-        let st = unsafe { ffi::anc_fill(inner.ctx, buf.as_mut_ptr(), buf.len(), value) };
-        status::check(&st)
+        self.launch(|ctx| unsafe { ffi::anc_fill(ctx, buf.as_mut_ptr(), buf.len(), value) })
     }
 
     fn scale(&self, buf: &mut DeviceBuffer, a: f32) -> Result<()> {
-        let inner = self.lock();
         // SAFETY: buf holds buf.len() f32.
-        let st = unsafe { ffi::anc_scale(inner.ctx, buf.as_mut_ptr(), buf.len(), a) };
-        status::check(&st)
+        self.launch(|ctx| unsafe { ffi::anc_scale(ctx, buf.as_mut_ptr(), buf.len(), a) })
     }
 
     fn synchronize(&self) -> Result<()> {
-        let inner = self.lock();
-        // SAFETY: inner.ctx is a live context.
-        let st = unsafe { ffi::anc_synchronize(inner.ctx) };
-        status::check(&st)
+        // SAFETY: ctx is the engine's live context.
+        self.launch(|ctx| unsafe { ffi::anc_synchronize(ctx) })
     }
 
     // y[N,Cout,Ho,Wo] = conv(x[N,Cin,H,W], w[Cout,Cin/g,kh,kw]) + b[Cout]
@@ -447,14 +454,12 @@ impl Engine for CudaEngine {
         y: &mut DeviceBuffer,
     ) -> Result<()> {
         let plan = plan::conv_forward(s, self.budget(), x.len(), w.len(), b.len(), y.len())?;
-        let mut inner = self.lock();
-        let scratch = self.scratch(&mut inner, plan.scratch_floats)?;
         let shape = conv_ffi(s);
         // SAFETY: x, w, b, y have the lengths the shape needs (checked) and the scratch holds
         // plan.scratch_floats = anc_conv_scratch_floats(shape, chunk, 0) floats.
-        let st = unsafe {
+        self.launch_with_scratch(plan.scratch_floats, |ctx, scratch| unsafe {
             ffi::anc_conv_forward(
-                inner.ctx,
+                ctx,
                 &shape,
                 plan.chunk as i64,
                 x.as_ptr(),
@@ -463,8 +468,7 @@ impl Engine for CudaEngine {
                 y.as_mut_ptr(),
                 scratch,
             )
-        };
-        status::check(&st)
+        })
     }
 
     // dx[N,Cin,H,W] = conv_transpose(dy[N,Cout,Ho,Wo], w[Cout,Cin/g,kh,kw])
@@ -476,14 +480,12 @@ impl Engine for CudaEngine {
         dx: &mut DeviceBuffer,
     ) -> Result<()> {
         let plan = plan::conv_backward_data(s, self.budget(), dy.len(), w.len(), dx.len())?;
-        let mut inner = self.lock();
-        let scratch = self.scratch(&mut inner, plan.scratch_floats)?;
         let shape = conv_ffi(s);
         // SAFETY: dy, w, dx have the lengths the shape needs (checked); the scratch holds the
         // planned floats.
-        let st = unsafe {
+        self.launch_with_scratch(plan.scratch_floats, |ctx, scratch| unsafe {
             ffi::anc_conv_backward_data(
-                inner.ctx,
+                ctx,
                 &shape,
                 plan.chunk as i64,
                 dy.as_ptr(),
@@ -491,8 +493,7 @@ impl Engine for CudaEngine {
                 dx.as_mut_ptr(),
                 scratch,
             )
-        };
-        status::check(&st)
+        })
     }
 
     // dw[Cout,Cin/g,kh,kw] = sum_n dy ⋆ x ; db[Cout] = sum dy
@@ -506,14 +507,12 @@ impl Engine for CudaEngine {
     ) -> Result<()> {
         let plan =
             plan::conv_backward_weights(s, self.budget(), x.len(), dy.len(), dw.len(), db.len())?;
-        let mut inner = self.lock();
-        let scratch = self.scratch(&mut inner, plan.scratch_floats)?;
         let shape = conv_ffi(s);
         // SAFETY: x, dy, dw, db have the lengths the shape needs (checked); the scratch holds the
         // planned floats (im2col plus transposed dy).
-        let st = unsafe {
+        self.launch_with_scratch(plan.scratch_floats, |ctx, scratch| unsafe {
             ffi::anc_conv_backward_weights(
-                inner.ctx,
+                ctx,
                 &shape,
                 plan.chunk as i64,
                 x.as_ptr(),
@@ -522,44 +521,37 @@ impl Engine for CudaEngine {
                 db.as_mut_ptr(),
                 scratch,
             )
-        };
-        status::check(&st)
+        })
     }
 
     // x = max(x, 0)
     fn relu_forward(&self, x: &mut DeviceBuffer) -> Result<()> {
-        let inner = self.lock();
         // SAFETY: x holds x.len() f32.
-        let st = unsafe { ffi::anc_relu_forward(inner.ctx, x.as_mut_ptr(), x.len()) };
-        status::check(&st)
+        self.launch(|ctx| unsafe { ffi::anc_relu_forward(ctx, x.as_mut_ptr(), x.len()) })
     }
 
     // dy *= (y > 0)
     fn relu_backward(&self, y: &DeviceBuffer, dy: &mut DeviceBuffer) -> Result<()> {
         plan::same_len("relu_backward", ("y", y.len()), ("dy", dy.len()))?;
-        let inner = self.lock();
         // SAFETY: y and dy both hold dy.len() f32 (checked).
-        let st =
-            unsafe { ffi::anc_relu_backward(inner.ctx, y.as_ptr(), dy.as_mut_ptr(), dy.len()) };
-        status::check(&st)
+        self.launch(|ctx| unsafe {
+            ffi::anc_relu_backward(ctx, y.as_ptr(), dy.as_mut_ptr(), dy.len())
+        })
     }
 
     // x = tanh(x)
     fn tanh_forward(&self, x: &mut DeviceBuffer) -> Result<()> {
-        let inner = self.lock();
         // SAFETY: x holds x.len() f32.
-        let st = unsafe { ffi::anc_tanh_forward(inner.ctx, x.as_mut_ptr(), x.len()) };
-        status::check(&st)
+        self.launch(|ctx| unsafe { ffi::anc_tanh_forward(ctx, x.as_mut_ptr(), x.len()) })
     }
 
     // dy *= 1 - y^2
     fn tanh_backward(&self, y: &DeviceBuffer, dy: &mut DeviceBuffer) -> Result<()> {
         plan::same_len("tanh_backward", ("y", y.len()), ("dy", dy.len()))?;
-        let inner = self.lock();
         // SAFETY: y and dy both hold dy.len() f32 (checked).
-        let st =
-            unsafe { ffi::anc_tanh_backward(inner.ctx, y.as_ptr(), dy.as_mut_ptr(), dy.len()) };
-        status::check(&st)
+        self.launch(|ctx| unsafe {
+            ffi::anc_tanh_backward(ctx, y.as_ptr(), dy.as_mut_ptr(), dy.len())
+        })
     }
 
     // y[N,C,H,W] = x * scale^-beta ; scale = k + alpha' * sum_window x^2
@@ -577,11 +569,10 @@ impl Engine for CudaEngine {
             p.size,
             &[("x", x.len()), ("y", y.len()), ("scale", scale.len())],
         )?;
-        let inner = self.lock();
         // SAFETY: x, y, scale each hold s.len() f32 (checked); the geometry is valid (checked).
-        let st = unsafe {
+        self.launch(|ctx| unsafe {
             ffi::anc_lrn_forward(
-                inner.ctx,
+                ctx,
                 s.n as i64,
                 s.c as i64,
                 (s.h * s.w) as i64,
@@ -594,8 +585,7 @@ impl Engine for CudaEngine {
                 y.as_mut_ptr(),
                 scale.as_mut_ptr(),
             )
-        };
-        status::check(&st)
+        })
     }
 
     // dx[N,C,H,W] = dy scale^-beta - 2 alpha' beta x sum_window(dy y / scale)
@@ -621,11 +611,10 @@ impl Engine for CudaEngine {
                 ("dx", dx.len()),
             ],
         )?;
-        let inner = self.lock();
         // SAFETY: all five buffers hold s.len() f32 (checked); the geometry is valid (checked).
-        let st = unsafe {
+        self.launch(|ctx| unsafe {
             ffi::anc_lrn_backward(
-                inner.ctx,
+                ctx,
                 s.n as i64,
                 s.c as i64,
                 (s.h * s.w) as i64,
@@ -639,18 +628,16 @@ impl Engine for CudaEngine {
                 dy.as_ptr(),
                 dx.as_mut_ptr(),
             )
-        };
-        status::check(&st)
+        })
     }
 
     // y[N,C,Ho,Wo] = max over each window of x[N,C,H,W]
     fn maxpool_forward(&self, s: &PoolShape, x: &DeviceBuffer, y: &mut DeviceBuffer) -> Result<()> {
         plan::pool("maxpool_forward", s, x.len(), y.len(), None)?;
-        let inner = self.lock();
         // SAFETY: x and y hold the shape's lengths and the window fits the image (checked).
-        let st = unsafe {
+        self.launch(|ctx| unsafe {
             ffi::anc_maxpool_forward(
-                inner.ctx,
+                ctx,
                 (s.n * s.c) as i64,
                 s.h as i64,
                 s.w as i64,
@@ -659,8 +646,7 @@ impl Engine for CudaEngine {
                 x.as_ptr(),
                 y.as_mut_ptr(),
             )
-        };
-        status::check(&st)
+        })
     }
 
     // dx[N,C,H,W]: each dy to its window's first maximum
@@ -679,14 +665,12 @@ impl Engine for CudaEngine {
             y.len(),
             Some((dy.len(), dx.len())),
         )?;
-        let mut inner = self.lock();
         // One i32 (the size of an f32) per window: its first maximum's offset.
-        let first = self.scratch(&mut inner, s.y_len())?.cast::<i32>();
         // SAFETY: x, dy, dx hold the shape's lengths and the window fits the image (checked);
         // the scratch holds y_len 4-byte slots.
-        let st = unsafe {
+        self.launch_with_scratch(s.y_len(), |ctx, scratch| unsafe {
             ffi::anc_maxpool_backward(
-                inner.ctx,
+                ctx,
                 (s.n * s.c) as i64,
                 s.h as i64,
                 s.w as i64,
@@ -695,20 +679,18 @@ impl Engine for CudaEngine {
                 x.as_ptr(),
                 dy.as_ptr(),
                 dx.as_mut_ptr(),
-                first,
+                scratch.cast::<i32>(),
             )
-        };
-        status::check(&st)
+        })
     }
 
     // y[N,C,Ho,Wo] = mean over each window of x[N,C,H,W]
     fn avgpool_forward(&self, s: &PoolShape, x: &DeviceBuffer, y: &mut DeviceBuffer) -> Result<()> {
         plan::pool("avgpool_forward", s, x.len(), y.len(), None)?;
-        let inner = self.lock();
         // SAFETY: x and y hold the shape's lengths and the window fits the image (checked).
-        let st = unsafe {
+        self.launch(|ctx| unsafe {
             ffi::anc_avgpool_forward(
-                inner.ctx,
+                ctx,
                 (s.n * s.c) as i64,
                 s.h as i64,
                 s.w as i64,
@@ -717,8 +699,7 @@ impl Engine for CudaEngine {
                 x.as_ptr(),
                 y.as_mut_ptr(),
             )
-        };
-        status::check(&st)
+        })
     }
 
     // dx[N,C,H,W] = sum over the windows holding each x of dy / size^2
@@ -736,11 +717,10 @@ impl Engine for CudaEngine {
             s.y_len(),
             Some((dy.len(), dx.len())),
         )?;
-        let inner = self.lock();
         // SAFETY: dy and dx hold the shape's lengths and the window fits the image (checked).
-        let st = unsafe {
+        self.launch(|ctx| unsafe {
             ffi::anc_avgpool_backward(
-                inner.ctx,
+                ctx,
                 (s.n * s.c) as i64,
                 s.h as i64,
                 s.w as i64,
@@ -749,8 +729,7 @@ impl Engine for CudaEngine {
                 dy.as_ptr(),
                 dx.as_mut_ptr(),
             )
-        };
-        status::check(&st)
+        })
     }
 
     // y[N,out] = x[N,in] w[out,in]^T + b[out]
@@ -763,11 +742,10 @@ impl Engine for CudaEngine {
         y: &mut DeviceBuffer,
     ) -> Result<()> {
         plan::fc_forward(s, x.len(), w.len(), b.len(), y.len())?;
-        let inner = self.lock();
         // SAFETY: x, w, b, y hold the shape's lengths (checked).
-        let st = unsafe {
+        self.launch(|ctx| unsafe {
             ffi::anc_fc_forward(
-                inner.ctx,
+                ctx,
                 s.n as i64,
                 s.d_in as i64,
                 s.d_out as i64,
@@ -776,8 +754,7 @@ impl Engine for CudaEngine {
                 b.as_ptr(),
                 y.as_mut_ptr(),
             )
-        };
-        status::check(&st)
+        })
     }
 
     // dx[N,in] = dy w ; dw[out,in] = dy^T x ; db[out] = sum_n dy
@@ -806,12 +783,11 @@ impl Engine for CudaEngine {
             return self.fill(db, 0.0);
         }
         let dx_ptr = dx.map_or(std::ptr::null_mut(), |d| d.as_mut_ptr());
-        let inner = self.lock();
         // SAFETY: x, w, dy, dw, db (and dx when non-null) hold the shape's lengths (checked); a
         // null dx tells the C side to skip that GEMM.
-        let st = unsafe {
+        self.launch(|ctx| unsafe {
             ffi::anc_fc_backward(
-                inner.ctx,
+                ctx,
                 s.n as i64,
                 s.d_in as i64,
                 s.d_out as i64,
@@ -822,8 +798,7 @@ impl Engine for CudaEngine {
                 dw.as_mut_ptr(),
                 db.as_mut_ptr(),
             )
-        };
-        status::check(&st)
+        })
     }
 
     // x[i] = keep(seed, m.index(i), p) ? x[i] * keep_scale : 0
@@ -835,11 +810,10 @@ impl Engine for CudaEngine {
         m: &MaskSlice,
     ) -> Result<()> {
         m.check("dropout_forward", x.len())?;
-        let inner = self.lock();
         // SAFETY: x holds x.len() f32; the mask slice only changes which hash each element uses.
-        let st = unsafe {
+        self.launch(|ctx| unsafe {
             ffi::anc_dropout(
-                inner.ctx,
+                ctx,
                 x.as_mut_ptr(),
                 x.len(),
                 p,
@@ -849,8 +823,7 @@ impl Engine for CudaEngine {
                 m.total,
                 m.unit_base(),
             )
-        };
-        status::check(&st)
+        })
     }
 
     // dy[i] = keep(seed, m.index(i), p) ? dy[i] * keep_scale : 0 (the forward mask, recomputed)
@@ -936,18 +909,16 @@ impl Engine for CudaEngine {
             &[("logits", logits.len()), ("probs", probs.len())],
             None,
         )?;
-        let inner = self.lock();
         // SAFETY: logits and probs hold n*classes f32 (checked).
-        let st = unsafe {
+        self.launch(|ctx| unsafe {
             ffi::anc_softmax(
-                inner.ctx,
+                ctx,
                 n as i64,
                 classes as i64,
                 logits.as_ptr(),
                 probs.as_mut_ptr(),
             )
-        };
-        status::check(&st)
+        })
     }
 
     // v = momentum*v - weight_decay*lr*w - lr*dw ; w = w + v
@@ -962,11 +933,10 @@ impl Engine for CudaEngine {
     ) -> Result<()> {
         plan::same_len("sgd_update", ("w", w.len()), ("dw", dw.len()))?;
         plan::same_len("sgd_update", ("w", w.len()), ("v", v.len()))?;
-        let inner = self.lock();
         // SAFETY: w, dw, v all hold w.len() f32 (checked); `&mut w` and `&mut v` cannot alias.
-        let st = unsafe {
+        self.launch(|ctx| unsafe {
             ffi::anc_sgd_update(
-                inner.ctx,
+                ctx,
                 w.as_mut_ptr(),
                 dw.as_ptr(),
                 v.as_mut_ptr(),
@@ -975,7 +945,6 @@ impl Engine for CudaEngine {
                 momentum,
                 weight_decay,
             )
-        };
-        status::check(&st)
+        })
     }
 }
