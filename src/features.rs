@@ -427,9 +427,9 @@ beyond 64 MB of paths, `file:NAME.paths.txt`, one per line), `class_names`, and 
 layer, data directory and split it came from. Memory stays at one batch: rows are written as \
 they are computed.";
 
-/// `alexnet-cli features`: every image's feature vector.
+/// The checkpoint and the prepared images that `features` and `neighbours` run it over.
 #[derive(clap::Args, Debug, Clone)]
-pub struct FeaturesArgs {
+pub struct ModelOverData {
     /// The checkpoint whose features to compute (its mean image normalises the inputs).
     #[arg(long)]
     pub checkpoint: PathBuf,
@@ -439,26 +439,43 @@ pub struct FeaturesArgs {
     /// Which split: train or val.
     #[arg(long, default_value = "train")]
     pub split: String,
-    /// Output file (safetensors).
-    #[arg(long, default_value = "features.safetensors")]
-    pub out: PathBuf,
     /// Images per forward pass.
     #[arg(long, default_value_t = 128, value_parser = crate::settings::count_in(1, crate::settings::MAX_BATCH))]
     pub batch_size: usize,
 }
 
-impl FeaturesArgs {
-    /// Computes and writes the features; returns what was written.
-    pub fn run<E: Engine>(&self, e: &E) -> Result<FeatureSummary> {
-        let (mut model, _, stats) = load_model(e, &self.checkpoint, self.batch_size)?;
+impl ModelOverData {
+    /// The checkpoint as an inference model with its normalisation and feature row, and the
+    /// dataset, its classes checked against the model's.
+    fn open<E: Engine>(&self, e: &E) -> Result<(Model<E>, Stats, FeatureLayer, PackedDataset)> {
+        let (model, _, stats) = load_model(e, &self.checkpoint, self.batch_size)?;
         let layer = feature_layer(&model.cfg)?;
         let ds = PackedDataset::open(&self.data, &self.split)?;
         check_classes(&model, &ds, &self.data)?;
+        Ok((model, stats, layer, ds))
+    }
+}
+
+/// `alexnet-cli features`: every image's feature vector.
+#[derive(clap::Args, Debug, Clone)]
+pub struct FeaturesArgs {
+    #[command(flatten)]
+    pub input: ModelOverData,
+    /// Output file (safetensors).
+    #[arg(long, default_value = "features.safetensors")]
+    pub out: PathBuf,
+}
+
+impl FeaturesArgs {
+    /// Computes and writes the features; returns what was written.
+    pub fn run<E: Engine>(&self, e: &E) -> Result<FeatureSummary> {
+        let (mut model, stats, layer, ds) = self.input.open(e)?;
+        let input = &self.input;
         let source = FeatureSource {
-            checkpoint: self.checkpoint.display().to_string(),
+            checkpoint: input.checkpoint.display().to_string(),
             layer: layer.description.clone(),
-            data: self.data.display().to_string(),
-            split: self.split.clone(),
+            data: input.data.display().to_string(),
+            split: input.split.clone(),
         };
         let mut writer = FeatureWriter::create(
             &self.out,
@@ -475,7 +492,7 @@ impl FeaturesArgs {
             &layer,
             &ds,
             &stats,
-            self.batch_size,
+            self.input.batch_size,
             |f, l| writer.push(f, l),
         )?;
         let path = writer.finish()?;
@@ -630,15 +647,9 @@ computed (which holds them all in memory: 16 KB per image for 4096-d features)."
 /// `alexnet-cli neighbours`: Figure 4, right.
 #[derive(clap::Args, Debug, Clone)]
 pub struct NeighboursArgs {
-    /// The checkpoint whose features define the distance.
-    #[arg(long)]
-    pub checkpoint: PathBuf,
-    /// Prepared dataset directory to search.
-    #[arg(long)]
-    pub data: PathBuf,
-    /// Which split to search: train or val.
-    #[arg(long, default_value = "train")]
-    pub split: String,
+    /// The checkpoint whose features define the distance, and the images to search.
+    #[command(flatten)]
+    pub input: ModelOverData,
     /// Query image files (any format the `image` crate decodes).
     #[arg(long, required = true, num_args = 1..)]
     pub query: Vec<PathBuf>,
@@ -651,9 +662,6 @@ pub struct NeighboursArgs {
     /// The dataset's features from `alexnet-cli features` (same checkpoint, data and split).
     #[arg(long, value_name = "FILE")]
     pub features: Option<PathBuf>,
-    /// Images per forward pass when computing the dataset's features.
-    #[arg(long, default_value_t = 128, value_parser = crate::settings::count_in(1, crate::settings::MAX_BATCH))]
-    pub batch_size: usize,
 }
 
 /// One query's answer.
@@ -688,10 +696,7 @@ pub struct NeighboursReport {
 
 impl NeighboursArgs {
     pub fn run<E: Engine>(&self, e: &E) -> Result<NeighboursReport> {
-        let (mut model, _, stats) = load_model(e, &self.checkpoint, self.batch_size)?;
-        let layer = feature_layer(&model.cfg)?;
-        let ds = PackedDataset::open(&self.data, &self.split)?;
-        check_classes(&model, &ds, &self.data)?;
+        let (mut model, stats, layer, ds) = self.input.open(e)?;
         let stored = self
             .features
             .as_deref()
@@ -708,7 +713,7 @@ impl NeighboursArgs {
                     &layer,
                     &ds,
                     &stats,
-                    self.batch_size,
+                    self.input.batch_size,
                     |f, l| {
                         db.extend_from_slice(f);
                         labels.extend_from_slice(l);
@@ -743,9 +748,9 @@ impl NeighboursArgs {
             .collect();
         draw_neighbours(&results, &ds, stats.side, &self.out)?;
         let report = NeighboursReport {
-            checkpoint: self.checkpoint.clone(),
-            data: self.data.clone(),
-            split: self.split.clone(),
+            checkpoint: self.input.checkpoint.clone(),
+            data: self.input.data.clone(),
+            split: self.input.split.clone(),
             layer: layer.description,
             images_searched: ds.len(),
             search_seconds,
@@ -773,21 +778,21 @@ impl NeighboursArgs {
                 "holds {} x {} features; {} {} has {} images of {} ({})",
                 file.rows,
                 file.dim,
-                self.data.display(),
-                self.split,
+                self.input.data.display(),
+                self.input.split,
                 ds.len(),
                 layer.dim,
                 layer.description
             ))
-        } else if !same(&self.checkpoint, &file.source.checkpoint)
-            || file.source.split != self.split
+        } else if !same(&self.input.checkpoint, &file.source.checkpoint)
+            || file.source.split != self.input.split
         {
             Some(format!(
                 "was computed with checkpoint {} on split {}, not {} on {}",
                 file.source.checkpoint,
                 file.source.split,
-                self.checkpoint.display(),
-                self.split
+                self.input.checkpoint.display(),
+                self.input.split
             ))
         } else {
             None

@@ -10,7 +10,9 @@ use alexnet::checkpoint::{Checkpoint, NamedTensor};
 use alexnet::data::{centre_crop, Dataset, PackedDataset, PrepareArgs};
 use alexnet::engine::cpu::CpuEngine;
 use alexnet::eval::Prediction;
-use alexnet::features::{feature_layer, nearest, FeatureFile, FeaturesArgs, NeighboursArgs};
+use alexnet::features::{
+    feature_layer, nearest, FeatureFile, FeaturesArgs, ModelOverData, NeighboursArgs,
+};
 use alexnet::figures::{
     bar_origin, colour_share, kernel_figure_size, prediction_picture, prediction_picture_size,
     KernelsArgs, PredictionPanel, BAR_HEIGHT,
@@ -283,11 +285,13 @@ fn features_are_fc7_after_relu_and_neighbours_find_the_query_itself() {
     let e = CpuEngine::new(2).unwrap();
     let out = tmp.path().join("features.safetensors");
     let summary = FeaturesArgs {
-        checkpoint: ckpt.clone(),
-        data: data.clone(),
-        split: "train".into(),
+        input: ModelOverData {
+            checkpoint: ckpt.clone(),
+            data: data.clone(),
+            split: "train".into(),
+            batch_size: 5,
+        },
         out: out.clone(),
-        batch_size: 5,
     }
     .run(&e)
     .unwrap();
@@ -332,14 +336,16 @@ fn features_are_fc7_after_relu_and_neighbours_find_the_query_itself() {
         .unwrap();
     let png = tmp.path().join("fig4.png");
     let args = |features: Option<PathBuf>| NeighboursArgs {
-        checkpoint: ckpt.clone(),
-        data: data.clone(),
-        split: "train".into(),
+        input: ModelOverData {
+            checkpoint: ckpt.clone(),
+            data: data.clone(),
+            split: "train".into(),
+            batch_size: 4,
+        },
         query: vec![query.clone(), files[0].clone()],
         k: 3,
         out: png.clone(),
         features,
-        batch_size: 4,
     };
     let report = args(None).run(&e).unwrap();
     let first = report.queries[0].neighbours[0].clone();
@@ -371,7 +377,7 @@ fn features_are_fc7_after_relu_and_neighbours_find_the_query_itself() {
     }
     // A features file of another split is refused, naming what differs.
     let mut wrong = args(Some(out));
-    wrong.split = "val".into();
+    wrong.input.split = "val".into();
     let err = wrong
         .run(&e)
         .err()
