@@ -1,13 +1,13 @@
-//! Always (on x86_64 targets): compiles the CPU engine's AVX2/FMA sgemm, `csrc/sgemm_avx2.c`,
-//! with the system C compiler (through `cc`). With the `cuda` feature also: compiles `csrc/*.cu`
-//! with nvcc (through `cc`), generates the FFI bindings from `csrc/alexnet_cuda.h` with bindgen,
+//! Always (on x86_64 targets): compiles the CPU engine's AVX2 and AVX-512 sgemm kernels
+//! (`csrc/sgemm_avx2.c`, `csrc/sgemm_avx512.c`) with the system C compiler (through `cc`). With
+//! the `cuda` feature also: compiles `csrc/*.cu` with nvcc (through `cc`), generates the FFI bindings from `csrc/alexnet_cuda.h` with bindgen,
 //! and links cudart statically and cuBLAS dynamically (with an rpath to the toolkit's lib dir).
 //! With `mpi`: compiles `csrc/mpi_consts.c` against the MPI headers. With `nccl`: binds `nccl.h`
 //! and links libnccl.
 
 fn main() {
     // First: the CUDA step below sets NVCC in this process's environment.
-    sgemm_avx2();
+    sgemm_kernels();
     #[cfg(feature = "cuda")]
     cuda::build();
     #[cfg(feature = "mpi")]
@@ -37,28 +37,45 @@ fn mpi_consts() {
         .compile("alexnet_mpi_consts");
 }
 
-/// `csrc/sgemm_avx2.c` into the static library `alexnet_sgemm_avx2`, for x86_64 targets only (the
-/// build script's own `cfg` is the host's, so read the target's from cargo). `-mavx2 -mfma` apply
-/// to this file alone; `src/engine/cpu/gemm.rs` calls it only on CPUs that have both.
-fn sgemm_avx2() {
-    println!("cargo:rerun-if-changed=csrc/sgemm_avx2.c");
-    println!("cargo:rerun-if-changed=csrc/sgemm_avx2.h");
+/// The CPU engine's sgemm kernels, `csrc/sgemm_avx2.c` and `csrc/sgemm_avx512.c` (both around
+/// `csrc/sgemm_blis.inc`), each into its own static library with its own instruction-set flags,
+/// for x86_64 targets only (the build script's own `cfg` is the host's, so read the target's from
+/// cargo). `src/engine/cpu/gemm.rs` calls each only on CPUs that have its instructions.
+fn sgemm_kernels() {
+    for f in [
+        "sgemm.h",
+        "sgemm_blis.inc",
+        "sgemm_avx2.c",
+        "sgemm_avx512.c",
+    ] {
+        println!("cargo:rerun-if-changed=csrc/{f}");
+    }
     if std::env::var("CARGO_CFG_TARGET_ARCH").as_deref() != Ok("x86_64") {
         return;
     }
-    let mut build = cc::Build::new();
-    build
-        .file("csrc/sgemm_avx2.c")
-        .include("csrc")
-        // Whatever the cargo profile: the kernel is the point of this library.
-        .opt_level(3)
-        .warnings(true);
-    if build.get_compiler().is_like_msvc() {
-        build.flag("/arch:AVX2");
-    } else {
-        build.flag("-std=c11").flag("-mavx2").flag("-mfma");
+    // (file, library, MSVC flag, GCC/Clang flags)
+    let kernels = [
+        ("avx2", "/arch:AVX2", &["-mavx2", "-mfma"][..]),
+        ("avx512", "/arch:AVX512", &["-mavx512f", "-mfma"][..]),
+    ];
+    for (isa, msvc_flag, gnu_flags) in kernels {
+        let mut build = cc::Build::new();
+        build
+            .file(format!("csrc/sgemm_{isa}.c"))
+            .include("csrc")
+            // Whatever the cargo profile: the kernel is the point of this library.
+            .opt_level(3)
+            .warnings(true);
+        if build.get_compiler().is_like_msvc() {
+            build.flag(msvc_flag);
+        } else {
+            build.flag("-std=c11");
+            for f in gnu_flags {
+                build.flag(f);
+            }
+        }
+        build.compile(&format!("alexnet_sgemm_{isa}"));
     }
-    build.compile("alexnet_sgemm_avx2");
 }
 
 #[cfg(feature = "cuda")]

@@ -2,11 +2,14 @@
 //! single-threaded sgemm, whose stride arguments express transposed operands (A^T, B^T) without
 //! copying them. Two backends:
 //!
-//! - `csrc/sgemm_avx2.c` (x86_64 only, compiled by `build.rs`): BLIS-style packing and cache
-//!   blocking around a 6x16 AVX2/FMA micro-kernel; used when the CPU has AVX2 and FMA.
-//! - `matrixmultiply::sgemm`: everywhere else, and when the environment variable
-//!   `ALEXNET_GEMM=matrixmultiply` is set (read once, at the first GEMM), e.g. to compare the two
-//!   or to rule the C kernel out when chasing a numerical difference.
+//! - `csrc/sgemm_avx512.c` and `csrc/sgemm_avx2.c` (x86_64 only, compiled by `build.rs`): one
+//!   BLIS-style loop nest of packing and cache blocking (`csrc/sgemm_blis.inc`) around a 12x32
+//!   AVX-512 or a 6x16 AVX2/FMA micro-kernel; the widest this CPU has is used.
+//! - `matrixmultiply::sgemm`: everywhere else.
+//!
+//! The environment variable `ALEXNET_GEMM` (read once, at the first GEMM) picks one by name
+//! (`avx512`, `avx2`, `matrixmultiply`; default `auto`), e.g. to compare them or to rule a C
+//! kernel out when chasing a numerical difference.
 
 use std::sync::OnceLock;
 
@@ -16,6 +19,9 @@ use crate::error::{Error, Result};
 /// Which sgemm [`gemm`] runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Backend {
+    /// `csrc/sgemm_avx512.c`, with the proof that this CPU has AVX-512F and FMA.
+    #[cfg(target_arch = "x86_64")]
+    Avx512(HasAvx512),
     /// `csrc/sgemm_avx2.c`, with the proof that this CPU has AVX2 and FMA.
     #[cfg(target_arch = "x86_64")]
     Avx2(HasAvx2Fma),
@@ -28,8 +34,13 @@ pub(crate) enum Backend {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct HasAvx2Fma(());
 
+/// Made only by [`Backend::avx512`], after it found AVX-512F and FMA; as [`HasAvx2Fma`].
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct HasAvx512(());
+
 impl Backend {
-    /// The C kernel if this CPU can run it, else `None`.
+    /// The AVX2 kernel if this CPU can run it, else `None`.
     pub(crate) fn avx2() -> Option<Backend> {
         #[cfg(target_arch = "x86_64")]
         if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
@@ -38,26 +49,50 @@ impl Backend {
         None
     }
 
-    /// The backend [`gemm`] uses, decided once per process: `ALEXNET_GEMM=matrixmultiply` forces
-    /// the fallback; otherwise (unset, or `auto`) the C kernel where the CPU allows it.
+    /// The AVX-512 kernel if this CPU can run it, else `None`.
+    pub(crate) fn avx512() -> Option<Backend> {
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma") {
+            return Some(Backend::Avx512(HasAvx512(())));
+        }
+        None
+    }
+
+    /// The backend [`gemm`] uses, decided once per process from `ALEXNET_GEMM`: `auto` (or
+    /// unset) takes the widest kernel this CPU runs; a name takes that one, falling back to
+    /// `auto` with a warning when this CPU cannot run it.
     pub(crate) fn selected() -> Backend {
         static SELECTED: OnceLock<Backend> = OnceLock::new();
         *SELECTED.get_or_init(|| {
-            match std::env::var("ALEXNET_GEMM").as_deref() {
-                Ok("matrixmultiply") => return Backend::MatrixMultiply,
-                Ok("auto") | Err(_) => {}
-                Ok(other) => eprintln!(
-                    "warning: ALEXNET_GEMM={other:?} ignored (expected `matrixmultiply` or `auto`)"
-                ),
-            }
-            Backend::avx2().unwrap_or(Backend::MatrixMultiply)
+            let auto = || {
+                Backend::avx512()
+                    .or_else(Backend::avx2)
+                    .unwrap_or(Backend::MatrixMultiply)
+            };
+            let named = match std::env::var("ALEXNET_GEMM").as_deref() {
+                Ok("auto") | Err(_) => return auto(),
+                Ok("matrixmultiply") => Some(Backend::MatrixMultiply),
+                Ok("avx512") => Backend::avx512(),
+                Ok("avx2") => Backend::avx2(),
+                Ok(other) => {
+                    eprintln!(
+                        "warning: ALEXNET_GEMM={other:?} ignored (expected `auto`, `avx512`, \
+                         `avx2` or `matrixmultiply`)"
+                    );
+                    return auto();
+                }
+            };
+            named.unwrap_or_else(|| {
+                eprintln!("warning: ALEXNET_GEMM names a kernel this CPU cannot run; using auto");
+                auto()
+            })
         })
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 extern "C" {
-    /// `csrc/sgemm_avx2.h`: C = alpha A B + beta C with A(i, l) = a[i rsa + l csa],
+    /// `csrc/sgemm.h`: C = alpha A B + beta C with A(i, l) = a[i rsa + l csa],
     /// B(l, j) = b[l rsb + j csb], C(i, j) = c[i rsc + j]; beta == 0 does not read C. Returns 0,
     /// or -1 with C untouched when its packing buffers cannot be allocated.
     fn alexnet_sgemm_avx2(
@@ -75,7 +110,41 @@ extern "C" {
         c: *mut f32,
         rsc: usize,
     ) -> i32;
+    /// The same contract on AVX-512F.
+    fn alexnet_sgemm_avx512(
+        m: usize,
+        k: usize,
+        n: usize,
+        alpha: f32,
+        a: *const f32,
+        rsa: usize,
+        csa: usize,
+        b: *const f32,
+        rsb: usize,
+        csb: usize,
+        beta: f32,
+        c: *mut f32,
+        rsc: usize,
+    ) -> i32;
 }
+
+/// The signature both C kernels share (`csrc/sgemm.h`).
+#[cfg(target_arch = "x86_64")]
+type SgemmFn = unsafe extern "C" fn(
+    usize,
+    usize,
+    usize,
+    f32,
+    *const f32,
+    usize,
+    usize,
+    *const f32,
+    usize,
+    usize,
+    f32,
+    *mut f32,
+    usize,
+) -> i32;
 
 /// Narrowest column block worth its own thread in [`par_gemm_cols`].
 const MIN_COLS: usize = 16;
@@ -206,33 +275,41 @@ pub(crate) fn gemm_with(
     // element it writes lies inside `c.data`, whose rows (stride rs >= n, column stride 1) do not
     // alias each other. The borrow checker guarantees that C (a &mut slice) overlaps neither A nor
     // B. All strides are below isize::MAX because they index into live slices. A `Backend::Avx2`
-    // exists only after `Backend::avx2()` found AVX2 and FMA on this CPU (`HasAvx2Fma`), which
-    // the C kernel's instructions need. The C kernel reads and writes nothing else: it keeps no
+    // or `Backend::Avx512` exists only after `Backend::avx2()`/`avx512()` found its instruction
+    // set on this CPU (`HasAvx2Fma`, `HasAvx512`), which that C kernel's instructions need. The C
+    // kernels read and write nothing else: each keeps no
     // state between calls (it allocates its packing buffers per call), so the engine's threads
     // may call it concurrently.
     unsafe {
         #[cfg(target_arch = "x86_64")]
-        if let Backend::Avx2(_) = backend {
-            let status = alexnet_sgemm_avx2(
-                m,
-                k,
-                n,
-                alpha,
-                a.data.as_ptr(),
-                a.rs,
-                a.cs,
-                b.data.as_ptr(),
-                b.rs,
-                b.cs,
-                beta,
-                c.data.as_mut_ptr(),
-                c.rs,
-            );
-            if status == 0 {
-                return Ok(());
+        {
+            let kernel = match backend {
+                Backend::Avx512(_) => Some(alexnet_sgemm_avx512 as SgemmFn),
+                Backend::Avx2(_) => Some(alexnet_sgemm_avx2 as SgemmFn),
+                Backend::MatrixMultiply => None,
+            };
+            if let Some(kernel) = kernel {
+                let status = kernel(
+                    m,
+                    k,
+                    n,
+                    alpha,
+                    a.data.as_ptr(),
+                    a.rs,
+                    a.cs,
+                    b.data.as_ptr(),
+                    b.rs,
+                    b.cs,
+                    beta,
+                    c.data.as_mut_ptr(),
+                    c.rs,
+                );
+                if status == 0 {
+                    return Ok(());
+                }
+                // Its packing buffers could not be allocated (C is untouched): matrixmultiply
+                // needs less, so let it try.
             }
-            // Its packing buffers could not be allocated (C is untouched): matrixmultiply
-            // needs less, so let it try.
         }
         #[cfg(not(target_arch = "x86_64"))]
         let _ = backend;
@@ -351,12 +428,16 @@ mod tests {
         }
     }
 
-    /// The backends to test: matrixmultiply, and the C kernel where this CPU has AVX2 + FMA.
+    /// The backends to test: matrixmultiply, and each C kernel this CPU can run.
     fn backends() -> Vec<Backend> {
         let mut v = vec![Backend::MatrixMultiply];
         match Backend::avx2() {
             Some(b) => v.push(b),
             None => eprintln!("skipped: the AVX2/FMA kernel (this CPU lacks AVX2 or FMA)"),
+        }
+        match Backend::avx512() {
+            Some(b) => v.push(b),
+            None => eprintln!("skipped: the AVX-512 kernel (this CPU lacks AVX-512F)"),
         }
         v
     }
@@ -463,7 +544,8 @@ mod tests {
 
     #[test]
     fn matches_f64_on_odd_shapes_strides_and_betas() {
-        let dims = [1, 5, 6, 7, 17, 95];
+        // 13 = 12 + 1 and 33 = 32 + 1: one past the AVX-512 kernel's tile (12 x 32).
+        let dims = [1, 5, 6, 7, 13, 17, 95];
         let ks = [1, 7, 16, 17, 255, 257, 600];
         for backend in backends() {
             let mut seed = 0;
@@ -485,7 +567,8 @@ mod tests {
 
     #[test]
     fn matches_f64_across_cache_blocks() {
-        // m past MC (144), n past NC (4080), k past KC (256) and over several of its blocks.
+        // m past MC (144 AVX2, 240 AVX-512), n past NC (4080, 4096), k past KC (256) and over
+        // several of its blocks.
         let shapes = [
             (300, 300, 40),
             (145, 33, 50),
@@ -505,17 +588,14 @@ mod tests {
         }
     }
 
-    /// Single-threaded GFLOP/s of both backends on the engine's AlexNet shapes (per image and
-    /// group; the FC layers as the two-thread column/row split calls them), timed alternately so
-    /// that machine noise hits both alike. `cargo test --release --lib gemm_rates -- --ignored
-    /// --nocapture`.
+    /// Single-threaded GFLOP/s of every backend this CPU runs on the engine's AlexNet shapes (per
+    /// image and group; the FC layers as the two-thread column/row split calls them), timed
+    /// alternately so that machine noise hits them alike. `cargo test --release --lib gemm_rates
+    /// -- --ignored --nocapture`.
     #[test]
     #[ignore]
     fn gemm_rates() {
-        let Some(avx2) = Backend::avx2() else {
-            eprintln!("skipped: no AVX2/FMA");
-            return;
-        };
+        let backends = backends();
         // (name, m, k, n, A transposed, B transposed, beta)
         let shapes = [
             ("conv1 fwd", 96, 363, 3025, false, false, 0.0),
@@ -534,7 +614,12 @@ mod tests {
             ("fc6 bwd-weights (half)", 2048, 128, 9216, true, false, 0.0),
             ("square 2048", 2048, 2048, 2048, false, false, 0.0),
         ];
-        println!("shape                     m     k     n   matrixmultiply   avx2 kernel  speedup");
+        print!("{:<22} {:>5} {:>5} {:>5}", "shape (GFLOP/s)", "m", "k", "n");
+        for backend in &backends {
+            let name = format!("{backend:?}");
+            print!(" {:>14}", name.split('(').next().unwrap_or(&name));
+        }
+        println!();
         for (name, m, k, n, ta, tb, beta) in shapes {
             let a = values(m * k, 1);
             let b = values(k * n, 2);
@@ -550,13 +635,13 @@ mod tests {
                 MatRef::rm(&b, k, n)
             };
             let flops = 2.0 * (m * k * n) as f64;
-            // At least 3 rounds and ~0.6 s per backend.
+            // At least 3 rounds and ~0.4 s per backend.
             let reps = ((0.3e9 / flops) as usize).max(1);
-            let mut best = [f64::INFINITY; 2];
+            let mut best = vec![f64::INFINITY; backends.len()];
             let mut spent = 0.0;
             let mut round = 0;
-            while round < 3 || spent < 1.2 {
-                for (slot, backend) in [Backend::MatrixMultiply, avx2].into_iter().enumerate() {
+            while round < 3 || spent < 0.4 * backends.len() as f64 {
+                for (slot, &backend) in backends.iter().enumerate() {
                     let t = std::time::Instant::now();
                     for _ in 0..reps {
                         gemm_with(backend, 1.0, av, bv, beta, MatMut::rm(&mut c, m, n)).unwrap();
@@ -567,11 +652,11 @@ mod tests {
                 }
                 round += 1;
             }
-            let (old, new) = (flops / best[0] / 1e9, flops / best[1] / 1e9);
-            println!(
-                "{name:<22} {m:>5} {k:>5} {n:>5}  {old:>9.1} GFLOP/s {new:>7.1} GFLOP/s  {:>5.2}x",
-                new / old
-            );
+            print!("{name:<22} {m:>5} {k:>5} {n:>5}");
+            for t in best {
+                print!(" {:>14.1}", flops / t / 1e9);
+            }
+            println!();
         }
     }
 

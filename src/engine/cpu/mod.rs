@@ -1,6 +1,6 @@
 //! The fast CPU engine (f32): im2col + GEMM, parallel over the images of the batch on the
-//! engine's own rayon pool. The GEMM is the AVX2/FMA kernel of `csrc/sgemm_avx2.c` where the CPU
-//! has both, else `matrixmultiply` (see [`gemm`]).
+//! engine's own rayon pool. The GEMM is the widest C kernel the CPU runs (`csrc/sgemm_avx512.c`,
+//! `csrc/sgemm_avx2.c`), else `matrixmultiply` (see [`gemm`]).
 //!
 //! How the work is split (the machine this was tuned on has 2 cores; see `benches/layers.rs`):
 //! one single-threaded GEMM per core reaches 62-79 GFLOP/s on AlexNet's shapes and two concurrent
