@@ -11,7 +11,7 @@
 //! slices are concatenated on save and cut on load).
 //!
 //! [`Network`] is what the trainer and evaluation hold: one [`Model`] on one executor, or a
-//! [`ColumnModel`] over several.
+//! [`ColumnModel`] over several; both implement [`NetworkOps`], the methods they are driven by.
 
 use std::thread;
 
@@ -97,11 +97,6 @@ impl<E: Engine> ColumnModel<E> {
         self.columns[0].batch()
     }
 
-    /// Bytes moved by the last forward + backward.
-    pub fn traffic(&self) -> Traffic {
-        self.traffic
-    }
-
     fn engine<'a>(&self, engines: &'a [E], column: usize) -> &'a E {
         &engines[self.executor[column]]
     }
@@ -129,17 +124,6 @@ impl<E: Engine> ColumnModel<E> {
             })
             .collect::<Result<_>>()?;
         Ok(())
-    }
-
-    pub fn set_batch(&mut self, engines: &[E], n: usize) -> Result<()> {
-        if n == self.batch() {
-            return Ok(());
-        }
-        for c in 0..self.columns.len() {
-            let e = &engines[self.executor[c]];
-            self.columns[c].set_batch(e, n)?;
-        }
-        self.alloc_batch_buffers(engines)
     }
 
     /// Runs `f` on every column at once, each on its own thread and executor.
@@ -328,32 +312,6 @@ impl<E: Engine> ColumnModel<E> {
         Ok(())
     }
 
-    /// logits = net(images); see [`Model::forward`].
-    pub fn forward(
-        &mut self,
-        engines: &[E],
-        images: &[f32],
-        train_seed: Option<u64>,
-    ) -> Result<()> {
-        // Every column sees the whole image (conv1 reads all three channels in both columns).
-        self.par_columns(engines, |m, e| m.upload_input(e, images))?;
-        self.forward_rows(engines, train_seed)
-    }
-
-    /// Uploads the next batch into every column's second input buffer; see
-    /// [`Model::prefetch_input`].
-    pub fn prefetch_input(&mut self, engines: &[E], images: &[f32]) -> Result<()> {
-        self.par_columns(engines, |m, e| m.prefetch_input(e, images))
-    }
-
-    /// [`ColumnModel::forward`] on the batch of the last [`ColumnModel::prefetch_input`].
-    pub fn forward_prefetched(&mut self, engines: &[E], train_seed: Option<u64>) -> Result<()> {
-        for m in &mut self.columns {
-            m.use_prefetched_input()?;
-        }
-        self.forward_rows(engines, train_seed)
-    }
-
     fn forward_rows(&mut self, engines: &[E], train_seed: Option<u64>) -> Result<()> {
         self.traffic = Traffic::default();
         for r in 0..self.columns[0].steps.len() {
@@ -365,10 +323,75 @@ impl<E: Engine> ColumnModel<E> {
         self.gather_logits(engines)
     }
 
+    /// Whole tensors (every column's rows, in order), named and shaped as [`Model`]'s.
+    fn read_whole(
+        &self,
+        engines: &[E],
+        read: impl Fn(&Model<E>, &E) -> Result<HostTensors>,
+    ) -> Result<HostTensors> {
+        let parts = self
+            .columns
+            .iter()
+            .enumerate()
+            .map(|(c, m)| read(m, self.engine(engines, c)))
+            .collect::<Result<Vec<_>>>()?;
+        let mut whole = parts[0].clone();
+        for part in &parts[1..] {
+            for ((_, shape, values), (_, s, v)) in whole.iter_mut().zip(part) {
+                shape[0] += s[0];
+                values.extend_from_slice(v);
+            }
+        }
+        Ok(whole)
+    }
+}
+
+impl<E: Engine> NetworkOps<E> for ColumnModel<E> {
+    fn cfg(&self) -> &ArchConfig {
+        &self.cfg
+    }
+
+    /// Bytes moved by the last forward + backward.
+    fn traffic(&self) -> Traffic {
+        self.traffic
+    }
+
+    fn set_batch(&mut self, engines: &[E], n: usize) -> Result<()> {
+        if n == self.batch() {
+            return Ok(());
+        }
+        for c in 0..self.columns.len() {
+            let e = &engines[self.executor[c]];
+            self.columns[c].set_batch(e, n)?;
+        }
+        self.alloc_batch_buffers(engines)
+    }
+
+    /// logits = net(images); see [`Model::forward`].
+    fn forward(&mut self, engines: &[E], images: &[f32], train_seed: Option<u64>) -> Result<()> {
+        // Every column sees the whole image (conv1 reads all three channels in both columns).
+        self.par_columns(engines, |m, e| m.upload_input(e, images))?;
+        self.forward_rows(engines, train_seed)
+    }
+
+    /// Uploads the next batch into every column's second input buffer; see
+    /// [`Model::prefetch_input`].
+    fn prefetch_input(&mut self, engines: &[E], images: &[f32]) -> Result<()> {
+        self.par_columns(engines, |m, e| m.prefetch_input(e, images))
+    }
+
+    /// [`ColumnModel::forward`] on the batch of the last [`ColumnModel::prefetch_input`].
+    fn forward_prefetched(&mut self, engines: &[E], train_seed: Option<u64>) -> Result<()> {
+        for m in &mut self.columns {
+            m.use_prefetched_input()?;
+        }
+        self.forward_rows(engines, train_seed)
+    }
+
     /// Loss of the last forward against `labels`, then every column's parameter gradients,
     /// each row's handed to `on_ready` once every column has finished it; see
     /// [`Model::backward_with`].
-    pub fn backward_with(
+    fn backward_with(
         &mut self,
         engines: &[E],
         labels: &[u32],
@@ -427,7 +450,7 @@ impl<E: Engine> ColumnModel<E> {
 
     /// The update on every column. LARS's trust ratios are a whole layer's, so they are taken
     /// over all columns' slices together rather than column by column.
-    pub fn sgd_step(&mut self, engines: &[E], lr: f32, sgd: &Sgd) -> Result<()> {
+    fn sgd_step(&mut self, engines: &[E], lr: f32, sgd: &Sgd) -> Result<()> {
         match sgd.lars_eta {
             Some(eta) => crate::large_batch::lars_step(self.params_mut(engines), lr, sgd, eta),
             None => self.par_columns(engines, |m, e| m.sgd_step(e, lr, sgd)),
@@ -435,7 +458,7 @@ impl<E: Engine> ColumnModel<E> {
     }
 
     /// Softmax probabilities [N, classes] of the last forward (test mode).
-    pub fn probabilities(&mut self, engines: &[E]) -> Result<Vec<f32>> {
+    fn probabilities(&mut self, engines: &[E]) -> Result<Vec<f32>> {
         let (n, classes) = (self.batch(), self.cfg.classes);
         let e0 = self.engine(engines, 0);
         e0.softmax(n, classes, &self.logits, &mut self.probs)?;
@@ -445,14 +468,14 @@ impl<E: Engine> ColumnModel<E> {
     }
 
     /// Softmax probabilities of the last `backward` (training mode).
-    pub fn train_probabilities(&self, engines: &[E]) -> Result<Vec<f32>> {
+    fn train_probabilities(&self, engines: &[E]) -> Result<Vec<f32>> {
         let mut out = vec![0.0; self.batch() * self.cfg.classes];
         self.engine(engines, 0).download(&self.probs, &mut out)?;
         Ok(out)
     }
 
     /// The first non-finite value, naming the column; see [`Model::find_non_finite`].
-    pub fn find_non_finite(&self, engines: &[E]) -> Result<Option<String>> {
+    fn find_non_finite(&self, engines: &[E]) -> Result<Option<String>> {
         for (c, m) in self.columns.iter().enumerate() {
             if let Some(what) = m.find_non_finite(self.engine(engines, c))? {
                 return Ok(Some(format!("column {c}: {what}")));
@@ -462,7 +485,7 @@ impl<E: Engine> ColumnModel<E> {
     }
 
     /// (name, whole shape) of every parameter, in table order.
-    pub fn param_shapes(&self) -> Vec<(String, Vec<usize>)> {
+    fn param_shapes(&self) -> Vec<(String, Vec<usize>)> {
         let mut shapes: Vec<(String, Vec<usize>)> = self.columns[0]
             .params
             .iter()
@@ -476,34 +499,12 @@ impl<E: Engine> ColumnModel<E> {
         shapes
     }
 
-    /// Whole tensors (every column's rows, in order), named and shaped as [`Model`]'s.
-    fn read_whole(
-        &self,
-        engines: &[E],
-        read: impl Fn(&Model<E>, &E) -> Result<HostTensors>,
-    ) -> Result<HostTensors> {
-        let parts = self
-            .columns
-            .iter()
-            .enumerate()
-            .map(|(c, m)| read(m, self.engine(engines, c)))
-            .collect::<Result<Vec<_>>>()?;
-        let mut whole = parts[0].clone();
-        for part in &parts[1..] {
-            for ((_, shape, values), (_, s, v)) in whole.iter_mut().zip(part) {
-                shape[0] += s[0];
-                values.extend_from_slice(v);
-            }
-        }
-        Ok(whole)
-    }
-
-    pub fn read_params(&self, engines: &[E]) -> Result<HostTensors> {
+    fn read_params(&self, engines: &[E]) -> Result<HostTensors> {
         self.read_whole(engines, |m, e| m.read_params(e))
     }
 
     /// Every column's parameters, each with the executor that holds it.
-    pub fn params_mut<'a>(&'a mut self, engines: &'a [E]) -> Vec<(&'a E, &'a mut Param<E::Buf>)> {
+    fn params_mut<'a>(&'a mut self, engines: &'a [E]) -> Vec<(&'a E, &'a mut Param<E::Buf>)> {
         let executor = &self.executor;
         self.columns
             .iter_mut()
@@ -513,22 +514,22 @@ impl<E: Engine> ColumnModel<E> {
     }
 
     /// See [`Model::set_first_image`].
-    pub fn set_first_image(&mut self, first: usize) {
+    fn set_first_image(&mut self, first: usize) {
         self.columns
             .iter_mut()
             .for_each(|m| m.set_first_image(first));
     }
 
-    pub fn read_grads(&self, engines: &[E]) -> Result<HostTensors> {
+    fn read_grads(&self, engines: &[E]) -> Result<HostTensors> {
         self.read_whole(engines, |m, e| m.read_grads(e))
     }
 
-    pub fn read_momentum(&self, engines: &[E]) -> Result<HostTensors> {
+    fn read_momentum(&self, engines: &[E]) -> Result<HostTensors> {
         self.read_whole(engines, |m, e| m.read_momentum(e))
     }
 
     /// Sets a whole tensor: each column takes its rows; see [`Model::write_param`].
-    pub fn write_param(
+    fn write_param(
         &mut self,
         engines: &[E],
         name: &str,
@@ -567,27 +568,168 @@ impl<E: Engine> ColumnModel<E> {
     }
 }
 
+/// What the trainer, evaluation and the benches ask of a network, whichever way it is placed:
+/// each method gets every executor (`engines`), and a network on one uses `engines[0]`.
+pub trait NetworkOps<E: Engine> {
+    fn cfg(&self) -> &ArchConfig;
+
+    /// Bytes that crossed between columns / executors in the last step (zero when whole).
+    fn traffic(&self) -> Traffic {
+        Traffic::default()
+    }
+
+    /// (name, shape) of every parameter as checkpoints store it.
+    fn param_shapes(&self) -> Vec<(String, Vec<usize>)>;
+
+    fn set_batch(&mut self, engines: &[E], n: usize) -> Result<()>;
+
+    /// logits = net(images); see [`Model::forward`].
+    fn forward(&mut self, engines: &[E], images: &[f32], seed: Option<u64>) -> Result<()>;
+
+    /// Uploads the next batch into the second input buffer; see [`Model::prefetch_input`].
+    fn prefetch_input(&mut self, engines: &[E], images: &[f32]) -> Result<()>;
+
+    /// [`NetworkOps::forward`] on the batch of the last [`NetworkOps::prefetch_input`].
+    fn forward_prefetched(&mut self, engines: &[E], seed: Option<u64>) -> Result<()>;
+
+    /// Loss of the last forward against `labels`, and every parameter's gradient.
+    fn backward(&mut self, engines: &[E], labels: &[u32], seed: Option<u64>) -> Result<f32> {
+        self.backward_with(engines, labels, seed, &mut |_| Ok(()))
+    }
+
+    /// [`NetworkOps::backward`], handing each row's parameters to `on_ready` as soon as their
+    /// gradients are final (see [`Model::backward_with`]).
+    fn backward_with(
+        &mut self,
+        engines: &[E],
+        labels: &[u32],
+        seed: Option<u64>,
+        on_ready: &mut OnReady<'_, E>,
+    ) -> Result<f32>;
+
+    fn sgd_step(&mut self, engines: &[E], lr: f32, sgd: &Sgd) -> Result<()>;
+
+    fn probabilities(&mut self, engines: &[E]) -> Result<Vec<f32>>;
+
+    fn train_probabilities(&self, engines: &[E]) -> Result<Vec<f32>>;
+
+    fn find_non_finite(&self, engines: &[E]) -> Result<Option<String>>;
+
+    fn read_params(&self, engines: &[E]) -> Result<HostTensors>;
+
+    /// Every parameter buffer (value, gradient, momentum), each with the executor that holds it:
+    /// one per tensor on one executor, one per tensor and column when split.
+    fn params_mut<'a>(&'a mut self, engines: &'a [E]) -> Vec<(&'a E, &'a mut Param<E::Buf>)>;
+
+    /// Makes the batch images `first..` of a global batch: see [`Model::set_first_image`].
+    fn set_first_image(&mut self, first: usize);
+
+    fn read_grads(&self, engines: &[E]) -> Result<HostTensors>;
+
+    fn read_momentum(&self, engines: &[E]) -> Result<HostTensors>;
+
+    fn write_param(
+        &mut self,
+        engines: &[E],
+        name: &str,
+        shape: &[usize],
+        values: &[f32],
+        momentum: bool,
+    ) -> Result<()>;
+}
+
+/// The whole net on `engines[0]`.
+impl<E: Engine> NetworkOps<E> for Model<E> {
+    fn cfg(&self) -> &ArchConfig {
+        &self.cfg
+    }
+
+    fn param_shapes(&self) -> Vec<(String, Vec<usize>)> {
+        self.params
+            .iter()
+            .map(|p| (p.name.clone(), p.shape.clone()))
+            .collect()
+    }
+
+    fn set_batch(&mut self, engines: &[E], n: usize) -> Result<()> {
+        Model::set_batch(self, &engines[0], n)
+    }
+
+    fn forward(&mut self, engines: &[E], images: &[f32], seed: Option<u64>) -> Result<()> {
+        Model::forward(self, &engines[0], images, seed)
+    }
+
+    fn prefetch_input(&mut self, engines: &[E], images: &[f32]) -> Result<()> {
+        Model::prefetch_input(self, &engines[0], images)
+    }
+
+    fn forward_prefetched(&mut self, engines: &[E], seed: Option<u64>) -> Result<()> {
+        Model::forward_prefetched(self, &engines[0], seed)
+    }
+
+    fn backward_with(
+        &mut self,
+        engines: &[E],
+        labels: &[u32],
+        seed: Option<u64>,
+        on_ready: &mut OnReady<'_, E>,
+    ) -> Result<f32> {
+        Model::backward_with(self, &engines[0], labels, seed, on_ready)
+    }
+
+    fn sgd_step(&mut self, engines: &[E], lr: f32, sgd: &Sgd) -> Result<()> {
+        Model::sgd_step(self, &engines[0], lr, sgd)
+    }
+
+    fn probabilities(&mut self, engines: &[E]) -> Result<Vec<f32>> {
+        Model::probabilities(self, &engines[0])
+    }
+
+    fn train_probabilities(&self, engines: &[E]) -> Result<Vec<f32>> {
+        Model::train_probabilities(self, &engines[0])
+    }
+
+    fn find_non_finite(&self, engines: &[E]) -> Result<Option<String>> {
+        Model::find_non_finite(self, &engines[0])
+    }
+
+    fn read_params(&self, engines: &[E]) -> Result<HostTensors> {
+        Model::read_params(self, &engines[0])
+    }
+
+    fn params_mut<'a>(&'a mut self, engines: &'a [E]) -> Vec<(&'a E, &'a mut Param<E::Buf>)> {
+        self.params.iter_mut().map(|p| (&engines[0], p)).collect()
+    }
+
+    fn set_first_image(&mut self, first: usize) {
+        Model::set_first_image(self, first)
+    }
+
+    fn read_grads(&self, engines: &[E]) -> Result<HostTensors> {
+        Model::read_grads(self, &engines[0])
+    }
+
+    fn read_momentum(&self, engines: &[E]) -> Result<HostTensors> {
+        Model::read_momentum(self, &engines[0])
+    }
+
+    fn write_param(
+        &mut self,
+        engines: &[E],
+        name: &str,
+        shape: &[usize],
+        values: &[f32],
+        momentum: bool,
+    ) -> Result<()> {
+        Model::write_param(self, &engines[0], name, shape, values, momentum)
+    }
+}
+
 /// A network as the trainer and evaluation hold it: whole on one executor, or split into
-/// columns over several.
+/// columns over several. Its methods are [`NetworkOps`]'s, reached through `Deref`.
 pub enum Network<E: Engine> {
     Whole(Model<E>),
     Columns(ColumnModel<E>),
-}
-
-/// Dispatches a method to whichever network this is, with the executor(s) it runs on.
-macro_rules! dispatch {
-    ($self:expr, $engines:expr, |$m:ident, $e:ident| $whole:expr, |$c:ident, $es:ident| $cols:expr) => {
-        match $self {
-            Network::Whole($m) => {
-                let $e = &$engines[0];
-                $whole
-            }
-            Network::Columns($c) => {
-                let $es = $engines;
-                $cols
-            }
-        }
-    };
 }
 
 impl<E: Engine> Network<E> {
@@ -612,148 +754,24 @@ impl<E: Engine> Network<E> {
             Ok(Network::Whole(Model::new(first, cfg, init, seed, batch)?))
         }
     }
+}
 
-    pub fn cfg(&self) -> &ArchConfig {
+impl<E: Engine> std::ops::Deref for Network<E> {
+    type Target = dyn NetworkOps<E>;
+
+    fn deref(&self) -> &Self::Target {
         match self {
-            Network::Whole(m) => &m.cfg,
-            Network::Columns(c) => &c.cfg,
+            Network::Whole(m) => m,
+            Network::Columns(c) => c,
         }
     }
+}
 
-    /// Bytes that crossed between columns / executors in the last step (zero when whole).
-    pub fn traffic(&self) -> Traffic {
+impl<E: Engine> std::ops::DerefMut for Network<E> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
         match self {
-            Network::Whole(_) => Traffic::default(),
-            Network::Columns(c) => c.traffic(),
+            Network::Whole(m) => m,
+            Network::Columns(c) => c,
         }
-    }
-
-    /// (name, shape) of every parameter as checkpoints store it.
-    pub fn param_shapes(&self) -> Vec<(String, Vec<usize>)> {
-        match self {
-            Network::Whole(m) => m
-                .params
-                .iter()
-                .map(|p| (p.name.clone(), p.shape.clone()))
-                .collect(),
-            Network::Columns(c) => c.param_shapes(),
-        }
-    }
-
-    pub fn set_batch(&mut self, engines: &[E], n: usize) -> Result<()> {
-        dispatch!(self, engines, |m, e| m.set_batch(e, n), |c, es| c
-            .set_batch(es, n))
-    }
-
-    pub fn forward(&mut self, engines: &[E], images: &[f32], seed: Option<u64>) -> Result<()> {
-        dispatch!(self, engines, |m, e| m.forward(e, images, seed), |c, es| c
-            .forward(es, images, seed))
-    }
-
-    pub fn prefetch_input(&mut self, engines: &[E], images: &[f32]) -> Result<()> {
-        dispatch!(
-            self,
-            engines,
-            |m, e| m.prefetch_input(e, images),
-            |c, es| c.prefetch_input(es, images)
-        )
-    }
-
-    pub fn forward_prefetched(&mut self, engines: &[E], seed: Option<u64>) -> Result<()> {
-        dispatch!(
-            self,
-            engines,
-            |m, e| m.forward_prefetched(e, seed),
-            |c, es| c.forward_prefetched(es, seed)
-        )
-    }
-
-    pub fn backward(&mut self, engines: &[E], labels: &[u32], seed: Option<u64>) -> Result<f32> {
-        self.backward_with(engines, labels, seed, &mut |_| Ok(()))
-    }
-
-    /// [`Network::backward`], handing each row's parameters to `on_ready` as soon as their
-    /// gradients are final (see [`Model::backward_with`]).
-    pub fn backward_with(
-        &mut self,
-        engines: &[E],
-        labels: &[u32],
-        seed: Option<u64>,
-        on_ready: &mut OnReady<'_, E>,
-    ) -> Result<f32> {
-        dispatch!(
-            self,
-            engines,
-            |m, e| m.backward_with(e, labels, seed, on_ready),
-            |c, es| c.backward_with(es, labels, seed, on_ready)
-        )
-    }
-
-    pub fn sgd_step(&mut self, engines: &[E], lr: f32, sgd: &Sgd) -> Result<()> {
-        dispatch!(self, engines, |m, e| m.sgd_step(e, lr, sgd), |c, es| c
-            .sgd_step(es, lr, sgd))
-    }
-
-    pub fn probabilities(&mut self, engines: &[E]) -> Result<Vec<f32>> {
-        dispatch!(self, engines, |m, e| m.probabilities(e), |c, es| c
-            .probabilities(es))
-    }
-
-    pub fn train_probabilities(&self, engines: &[E]) -> Result<Vec<f32>> {
-        dispatch!(self, engines, |m, e| m.train_probabilities(e), |c, es| c
-            .train_probabilities(es))
-    }
-
-    pub fn find_non_finite(&self, engines: &[E]) -> Result<Option<String>> {
-        dispatch!(self, engines, |m, e| m.find_non_finite(e), |c, es| c
-            .find_non_finite(es))
-    }
-
-    pub fn read_params(&self, engines: &[E]) -> Result<HostTensors> {
-        dispatch!(self, engines, |m, e| m.read_params(e), |c, es| c
-            .read_params(es))
-    }
-
-    /// Every parameter buffer (value, gradient, momentum), each with the executor that holds it:
-    /// one per tensor on one executor, one per tensor and column when split.
-    pub fn params_mut<'a>(&'a mut self, engines: &'a [E]) -> Vec<(&'a E, &'a mut Param<E::Buf>)> {
-        match self {
-            Network::Whole(m) => m.params.iter_mut().map(|p| (&engines[0], p)).collect(),
-            Network::Columns(c) => c.params_mut(engines),
-        }
-    }
-
-    /// Makes the batch images `first..` of a global batch: see [`Model::set_first_image`].
-    pub fn set_first_image(&mut self, first: usize) {
-        match self {
-            Network::Whole(m) => m.set_first_image(first),
-            Network::Columns(c) => c.set_first_image(first),
-        }
-    }
-
-    pub fn read_grads(&self, engines: &[E]) -> Result<HostTensors> {
-        dispatch!(self, engines, |m, e| m.read_grads(e), |c, es| c
-            .read_grads(es))
-    }
-
-    pub fn read_momentum(&self, engines: &[E]) -> Result<HostTensors> {
-        dispatch!(self, engines, |m, e| m.read_momentum(e), |c, es| c
-            .read_momentum(es))
-    }
-
-    pub fn write_param(
-        &mut self,
-        engines: &[E],
-        name: &str,
-        shape: &[usize],
-        values: &[f32],
-        momentum: bool,
-    ) -> Result<()> {
-        dispatch!(
-            self,
-            engines,
-            |m, e| m.write_param(e, name, shape, values, momentum),
-            |c, es| c.write_param(es, name, shape, values, momentum)
-        )
     }
 }

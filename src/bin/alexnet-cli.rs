@@ -18,7 +18,7 @@ use alexnet::engine::cpu::CpuEngine;
 use alexnet::engine::Engine;
 use alexnet::eval::{evaluate_ensemble, predict_files, EvalOptions};
 use alexnet::model::{Init, Model, Sgd};
-use alexnet::parallel::Network;
+use alexnet::parallel::{Network, NetworkOps};
 use alexnet::settings::{self, MAX_BATCH, MAX_CLASSES, MAX_INPUT, MAX_THREADS};
 use alexnet::train::{train_in, TrainArgs};
 use alexnet::trainer::{Alone, GradientSync, Trainer};

@@ -258,8 +258,9 @@ impl Blocks {
 }
 
 /// The ops AlexNet needs. Buffers are owned by the engine (host memory for the CPU engine, device
-/// memory for CUDA); data crosses to the host only through `upload`/`download`.
-pub trait Engine: Send + Sync {
+/// memory for CUDA); data crosses to the host only through `upload`/`download`. An engine owns
+/// what it refers to (`'static`), so a network over it can be driven as a `dyn NetworkOps`.
+pub trait Engine: Send + Sync + 'static {
     type Buf: Send;
 
     /// A short human-readable name ("cpu (2 threads)", "cuda:0 NVIDIA H100 ...").
