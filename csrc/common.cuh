@@ -14,6 +14,10 @@ struct anc_ctx {
     int device;
     cudaStream_t stream;
     cublasHandle_t blas;
+    // The prefetch copy stream and its events, created by the first anc_prefetch_upload (NULL
+    // until then): `queued` marks the compute stream's work at a prefetch, `copied` its copy.
+    cudaStream_t copy_stream;
+    cudaEvent_t queued, copied;
 };
 
 // Success: everything zero (code 0, kind 0, empty strings).
@@ -53,6 +57,13 @@ static inline anc_status anc_cublas_status(cublasStatus_t e, const char *call) {
     do {                                                                                           \
         cublasStatus_t anc_e_ = (expr);                                                            \
         if (anc_e_ != CUBLAS_STATUS_SUCCESS) return anc_cublas_status(anc_e_, name);               \
+    } while (0)
+
+// Returns from the enclosing function with the status of a failed anc_* helper.
+#define TRY_STATUS(expr)                                                                           \
+    do {                                                                                           \
+        anc_status anc_s_ = (expr);                                                                \
+        if (anc_s_.code != 0) return anc_s_;                                                       \
     } while (0)
 
 // After each <<<>>>: a bad configuration is reported here; an error inside an earlier kernel

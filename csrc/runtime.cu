@@ -14,6 +14,9 @@ static void anc_release(anc_ctx *ctx) {
     if (!ctx) return;
     cudaSetDevice(ctx->device);
     if (ctx->blas) cublasDestroy(ctx->blas);
+    if (ctx->copied) cudaEventDestroy(ctx->copied);
+    if (ctx->queued) cudaEventDestroy(ctx->queued);
+    if (ctx->copy_stream) cudaStreamDestroy(ctx->copy_stream);
     if (ctx->stream) cudaStreamDestroy(ctx->stream);
     delete ctx;
 }
@@ -40,6 +43,9 @@ extern "C" anc_status anc_create(int device, anc_ctx **out, char *name, size_t n
     ctx->device = device;
     ctx->stream = NULL;
     ctx->blas = NULL;
+    ctx->copy_stream = NULL;
+    ctx->queued = NULL;
+    ctx->copied = NULL;
     anc_status st = anc_build(ctx, name, name_len);
     if (st.code != 0) {
         anc_release(ctx);
@@ -53,6 +59,7 @@ extern "C" void anc_destroy(anc_ctx *ctx) {
     if (!ctx) return;
     cudaSetDevice(ctx->device);
     cudaStreamSynchronize(ctx->stream);
+    if (ctx->copy_stream) cudaStreamSynchronize(ctx->copy_stream);
     anc_release(ctx);
 }
 
@@ -142,6 +149,48 @@ extern "C" anc_status anc_upload_async(anc_ctx *ctx, void *dst, const void *src,
     ENTER(ctx);
     CUDA_TRY("cudaMemcpyAsync(HostToDevice, page-locked)",
              cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, ctx->stream));
+    return anc_ok();
+}
+
+static anc_status anc_copy_stream_create(anc_ctx *ctx) {
+    if (ctx->copy_stream) return anc_ok();
+    CUDA_TRY("cudaEventCreateWithFlags(queued)",
+             cudaEventCreateWithFlags(&ctx->queued, cudaEventDisableTiming));
+    CUDA_TRY("cudaEventCreateWithFlags(copied)",
+             cudaEventCreateWithFlags(&ctx->copied, cudaEventDisableTiming));
+    // Created last: its presence says the events exist.
+    CUDA_TRY("cudaStreamCreateWithFlags(copy)",
+             cudaStreamCreateWithFlags(&ctx->copy_stream, cudaStreamNonBlocking));
+    return anc_ok();
+}
+
+// The copy waits for the work queued on the compute stream so far (it may still read `dst`, the
+// batch before last), then runs beside whatever the compute stream is given next.
+extern "C" anc_status anc_prefetch_upload(anc_ctx *ctx, void *dst, const void *src, size_t bytes) {
+    if (bytes == 0) return anc_ok();
+    ENTER(ctx);
+    TRY_STATUS(anc_copy_stream_create(ctx));
+    CUDA_TRY("cudaEventRecord(queued)", cudaEventRecord(ctx->queued, ctx->stream));
+    CUDA_TRY("cudaStreamWaitEvent(copy stream, queued)",
+             cudaStreamWaitEvent(ctx->copy_stream, ctx->queued, 0));
+    CUDA_TRY("cudaMemcpyAsync(HostToDevice, copy stream)",
+             cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, ctx->copy_stream));
+    CUDA_TRY("cudaEventRecord(copied)", cudaEventRecord(ctx->copied, ctx->copy_stream));
+    return anc_ok();
+}
+
+extern "C" anc_status anc_prefetch_join(anc_ctx *ctx) {
+    if (!ctx->copy_stream) return anc_ok();
+    ENTER(ctx);
+    CUDA_TRY("cudaStreamWaitEvent(compute stream, copied)",
+             cudaStreamWaitEvent(ctx->stream, ctx->copied, 0));
+    return anc_ok();
+}
+
+extern "C" anc_status anc_prefetch_host_wait(anc_ctx *ctx) {
+    if (!ctx->copy_stream) return anc_ok();
+    ENTER(ctx);
+    CUDA_TRY("cudaEventSynchronize(copied)", cudaEventSynchronize(ctx->copied));
     return anc_ok();
 }
 

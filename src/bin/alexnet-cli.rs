@@ -252,6 +252,19 @@ struct DeviceArgs {
     /// of the card's memory, between 256 MiB and 2 GiB.
     #[arg(long = "gpu-scratch-mib", value_parser = clap::value_parser!(u64).range(1..))]
     gpu_scratch_mib: Option<u64>,
+    /// GPU engine option: convolution forward and backward-data as one GEMM per group over the
+    /// whole chunk of images (m = images x output positions) instead of one strided-batched GEMM
+    /// per image; needs more scratch per image. Same results to f32 rounding.
+    #[arg(long = "gpu-conv-whole-chunk")]
+    gpu_conv_whole_chunk: bool,
+    /// GPU engine option: LRN with one thread per pixel walking the channels with a running
+    /// window sum (each value read from memory once) instead of one thread per value.
+    #[arg(long = "gpu-lrn-by-pixel")]
+    gpu_lrn_by_pixel: bool,
+    /// GPU engine option: the prefetched batch's host-to-device copy on a copy stream of its own,
+    /// overlapping the backward's kernels, instead of after the forward on the compute stream.
+    #[arg(long = "gpu-copy-stream")]
+    gpu_copy_stream: bool,
 }
 
 impl DeviceArgs {
@@ -265,8 +278,15 @@ impl DeviceArgs {
         if self.threads != 0 {
             flags.push_str(&format!(" --threads {}", self.threads));
         }
-        if self.tf32 {
-            flags.push_str(" --tf32");
+        for (on, flag) in [
+            (self.tf32, " --tf32"),
+            (self.gpu_conv_whole_chunk, " --gpu-conv-whole-chunk"),
+            (self.gpu_lrn_by_pixel, " --gpu-lrn-by-pixel"),
+            (self.gpu_copy_stream, " --gpu-copy-stream"),
+        ] {
+            if on {
+                flags.push_str(flag);
+            }
         }
         flags
     }
@@ -362,6 +382,9 @@ fn cuda_engines(dev: &DeviceArgs, count: usize) -> Result<Vec<alexnet::engine::c
         .map(|&d| {
             let e = CudaEngine::new(d)?;
             e.set_tf32(dev.tf32)?;
+            e.set_conv_whole_chunk(dev.gpu_conv_whole_chunk);
+            e.set_lrn_by_pixel(dev.gpu_lrn_by_pixel);
+            e.set_copy_stream(dev.gpu_copy_stream);
             if let Some(mib) = dev.gpu_scratch_mib {
                 e.set_scratch_budget((mib as usize) << 18);
             }
