@@ -45,6 +45,8 @@ anc_status anc_create(int device, anc_ctx **out, char *name, size_t name_len);
 void anc_destroy(anc_ctx *ctx);
 /* TF32 tensor-core GEMMs on (1) or strict f32 (0). */
 anc_status anc_set_tf32(anc_ctx *ctx, int on);
+/* bf16 GEMM operands (rounded to nearest even; f32 products, sums and results) on (1) or off. */
+anc_status anc_set_bf16(anc_ctx *ctx, int on);
 anc_status anc_mem_info(int device, size_t *free_bytes, size_t *total_bytes);
 anc_status anc_malloc(int device, size_t bytes, void **out);
 anc_status anc_free(int device, void *ptr);

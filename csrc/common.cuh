@@ -18,7 +18,34 @@ struct anc_ctx {
     // until then): `queued` marks the compute stream's work at a prefetch, `copied` its copy.
     cudaStream_t copy_stream;
     cudaEvent_t queued, copied;
+    // --precision bf16: GEMM operands rounded to bf16 (round to nearest even) into `bf16_buf`
+    // (grow-only, `bf16_bytes` long), multiplied with f32 accumulation into f32 results.
+    int bf16;
+    void *bf16_buf;
+    size_t bf16_bytes;
 };
+
+// The GEMMs of every layer: cuBLAS's f32 GEMM (TF32 when the math mode allows), or with bf16
+// operands when ctx->bf16 (anc_gemm in runtime.cu). Column-major, beta as given, cuBLAS's
+// argument order, alpha = 1. `batched`: `batch` GEMMs strided by stride_a/b/c (0 = the same
+// matrix for each) through the strided-batched call; else one GEMM.
+struct anc_gemm_args {
+    bool batched;
+    cublasOperation_t ta, tb;
+    int m, n, k;
+    const float *a;
+    int lda;
+    long long stride_a;
+    const float *b;
+    int ldb;
+    long long stride_b;
+    const float *beta;
+    float *c;
+    int ldc;
+    long long stride_c;
+    int batch;
+};
+anc_status anc_gemm(anc_ctx *ctx, const char *name, const anc_gemm_args &g);
 
 // Success: everything zero (code 0, kind 0, empty strings).
 static inline anc_status anc_ok() {

@@ -160,7 +160,7 @@ extern "C" anc_status anc_conv_forward(anc_ctx *ctx, const anc_conv *s, int64_t 
     ConvDims d = dims(s);
     if (d.n == 0 || d.p == 0 || d.cout == 0) return anc_ok();
     ENTER(ctx);
-    const float one = 1.0f, zero = 0.0f;
+    const float zero = 0.0f;
     for (int64_t b0 = 0; b0 < d.n; b0 += chunk) {
         int64_t bc = d.n - b0 < chunk ? d.n - b0 : chunk;
         TRY_STATUS(im2col(ctx, d, x + b0 * d.cin * d.h * d.w, bc, scratch));
@@ -170,11 +170,11 @@ extern "C" anc_status anc_conv_forward(anc_ctx *ctx, const anc_conv *s, int64_t 
             float *yt = scratch + d.k * bp;
             for (int64_t g = 0; g < d.groups; ++g) {
                 // yt_g[B*P, Coutg] (column-major, ld B*P) = col_g[B*P, Kg] (ld B*P) * w_g[Kg, Coutg]
-                CUBLAS_TRY("cublasSgemm(conv_forward, whole chunk)",
-                           cublasSgemm(ctx->blas, CUBLAS_OP_N, CUBLAS_OP_N, (int)bp, (int)d.coutg,
-                                       (int)d.kg, &one, scratch + g * d.kg * bp, (int)bp,
-                                       w + g * d.coutg * d.kg, (int)d.kg, &zero,
-                                       yt + g * d.coutg * bp, (int)bp));
+                TRY_STATUS(anc_gemm(ctx, "gemm(conv_forward, whole chunk)",
+                                    {false, CUBLAS_OP_N, CUBLAS_OP_N, (int)bp, (int)d.coutg,
+                                     (int)d.kg, scratch + g * d.kg * bp, (int)bp, 0,
+                                     w + g * d.coutg * d.kg, (int)d.kg, 0, &zero,
+                                     yt + g * d.coutg * bp, (int)bp, 0, 1}));
             }
             int64_t rows = bc * d.cout;
             channels_inside_images_bias_kernel<<<row_blocks(rows), row_threads(d.p), 0,
@@ -185,12 +185,12 @@ extern "C" anc_status anc_conv_forward(anc_ctx *ctx, const anc_conv *s, int64_t 
         }
         for (int64_t g = 0; g < d.groups; ++g) {
             // Per image: y_b[P, Coutg] (column-major, ld P) = col_b[P, Kg] (ld B*P) * w_g[Kg, Coutg]
-            CUBLAS_TRY("cublasSgemmStridedBatched(conv_forward)",
-                       cublasSgemmStridedBatched(
-                           ctx->blas, CUBLAS_OP_N, CUBLAS_OP_N, (int)d.p, (int)d.coutg, (int)d.kg,
-                           &one, scratch + g * d.kg * bc * d.p, (int)(bc * d.p), (long long)d.p,
-                           w + g * d.coutg * d.kg, (int)d.kg, 0LL, &zero, yc + g * d.coutg * d.p,
-                           (int)d.p, (long long)(d.cout * d.p), (int)bc));
+            TRY_STATUS(anc_gemm(ctx, "gemm strided-batched(conv_forward)",
+                                {true, CUBLAS_OP_N, CUBLAS_OP_N, (int)d.p, (int)d.coutg, (int)d.kg,
+                                 scratch + g * d.kg * bc * d.p, (int)(bc * d.p), (long long)d.p,
+                                 w + g * d.coutg * d.kg, (int)d.kg, 0LL, &zero,
+                                 yc + g * d.coutg * d.p, (int)d.p, (long long)(d.cout * d.p),
+                                 (int)bc}));
         }
     }
     if (whole_chunk) return anc_ok();
@@ -205,7 +205,7 @@ extern "C" anc_status anc_conv_backward_data(anc_ctx *ctx, const anc_conv *s, in
     size_t x_len = (size_t)(d.n * d.cin * d.h * d.w);
     if (x_len == 0) return anc_ok();
     ENTER(ctx);
-    const float one = 1.0f, zero = 0.0f;
+    const float zero = 0.0f;
     for (int64_t b0 = 0; b0 < d.n; b0 += chunk) {
         int64_t bc = d.n - b0 < chunk ? d.n - b0 : chunk;
         const float *dyc = dy + b0 * d.cout * d.p;
@@ -218,23 +218,22 @@ extern "C" anc_status anc_conv_backward_data(anc_ctx *ctx, const anc_conv *s, in
             LAUNCH_CHECK("images_inside_channels");
             for (int64_t g = 0; g < d.groups; ++g) {
                 // dcol_g[B*P, Kg] (ld B*P) = dyt_g[B*P, Coutg] (ld B*P) * w_g^T
-                CUBLAS_TRY("cublasSgemm(conv_backward_data, whole chunk)",
-                           cublasSgemm(ctx->blas, CUBLAS_OP_N, CUBLAS_OP_T, (int)bp, (int)d.kg,
-                                       (int)d.coutg, &one, dyt + g * d.coutg * bp, (int)bp,
-                                       w + g * d.coutg * d.kg, (int)d.kg, &zero,
-                                       scratch + g * d.kg * bp, (int)bp));
+                TRY_STATUS(anc_gemm(ctx, "gemm(conv_backward_data, whole chunk)",
+                                    {false, CUBLAS_OP_N, CUBLAS_OP_T, (int)bp, (int)d.kg,
+                                     (int)d.coutg, dyt + g * d.coutg * bp, (int)bp, 0,
+                                     w + g * d.coutg * d.kg, (int)d.kg, 0, &zero,
+                                     scratch + g * d.kg * bp, (int)bp, 0, 1}));
             }
         }
         for (int64_t g = 0; g < d.groups && !whole_chunk; ++g) {
             // Per image: dcol_b[P, Kg] (ld B*P) = dy_b[P, Coutg] (ld P) * w_g^T with w_g read as
             // the column-major [Kg, Coutg] matrix it is and transposed.
-            CUBLAS_TRY("cublasSgemmStridedBatched(conv_backward_data)",
-                       cublasSgemmStridedBatched(
-                           ctx->blas, CUBLAS_OP_N, CUBLAS_OP_T, (int)d.p, (int)d.kg, (int)d.coutg,
-                           &one, dyc + g * d.coutg * d.p, (int)d.p, (long long)(d.cout * d.p),
-                           w + g * d.coutg * d.kg, (int)d.kg, 0LL, &zero,
-                           scratch + g * d.kg * bc * d.p, (int)(bc * d.p), (long long)d.p,
-                           (int)bc));
+            TRY_STATUS(anc_gemm(ctx, "gemm strided-batched(conv_backward_data)",
+                                {true, CUBLAS_OP_N, CUBLAS_OP_T, (int)d.p, (int)d.kg, (int)d.coutg,
+                                 dyc + g * d.coutg * d.p, (int)d.p, (long long)(d.cout * d.p),
+                                 w + g * d.coutg * d.kg, (int)d.kg, 0LL, &zero,
+                                 scratch + g * d.kg * bc * d.p, (int)(bc * d.p), (long long)d.p,
+                                 (int)bc}));
         }
         int64_t planes = bc * d.cin;
         col2im_kernel<<<row_blocks(planes), row_threads(d.h * d.w), 0, ctx->stream>>>(
@@ -275,11 +274,10 @@ extern "C" anc_status anc_conv_backward_weights(anc_ctx *ctx, const anc_conv *s,
         int64_t bp = bc * d.p;
         for (int64_t g = 0; g < d.groups; ++g) {
             // dw_g[Kg, Coutg] (column-major, ld Kg) = col_g^T[Kg, B*P] * dyt_g[B*P, Coutg]
-            CUBLAS_TRY("cublasSgemm(conv_backward_weights)",
-                       cublasSgemm(ctx->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)d.kg, (int)d.coutg,
-                                   (int)bp, &one, col + g * d.kg * bp, (int)bp,
-                                   dyt + g * d.coutg * bp, (int)bp, beta, dw + g * d.coutg * d.kg,
-                                   (int)d.kg));
+            TRY_STATUS(anc_gemm(ctx, "gemm(conv_backward_weights)",
+                                {false, CUBLAS_OP_T, CUBLAS_OP_N, (int)d.kg, (int)d.coutg, (int)bp,
+                                 col + g * d.kg * bp, (int)bp, 0, dyt + g * d.coutg * bp, (int)bp,
+                                 0, beta, dw + g * d.coutg * d.kg, (int)d.kg, 0, 1}));
         }
     }
     return anc_bias_grad(ctx, dy, db, (size_t)d.n, (size_t)d.cout, (size_t)d.p);

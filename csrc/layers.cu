@@ -53,10 +53,10 @@ extern "C" anc_status anc_fc_forward(anc_ctx *ctx, int64_t n, int64_t d_in, int6
                                      const float *x, const float *w, const float *b, float *y) {
     if (n == 0 || d_out == 0) return anc_ok();
     ENTER(ctx);
-    const float one = 1.0f, zero = 0.0f;
-    CUBLAS_TRY("cublasSgemm(fc_forward)",
-               cublasSgemm(ctx->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)d_out, (int)n, (int)d_in,
-                           &one, w, ld(d_in), x, ld(d_in), &zero, y, ld(d_out)));
+    const float zero = 0.0f;
+    TRY_STATUS(anc_gemm(ctx, "gemm(fc_forward)",
+                        {false, CUBLAS_OP_T, CUBLAS_OP_N, (int)d_out, (int)n, (int)d_in, w,
+                         ld(d_in), 0, x, ld(d_in), 0, &zero, y, ld(d_out), 0, 1}));
     return anc_add_bias(ctx, y, b, (size_t)n, (size_t)d_out, 1);
 }
 
@@ -65,16 +65,16 @@ extern "C" anc_status anc_fc_backward(anc_ctx *ctx, int64_t n, int64_t d_in, int
                                       const float *x, const float *w, const float *dy, float *dx,
                                       float *dw, float *db) {
     ENTER(ctx);
-    const float one = 1.0f, zero = 0.0f;
+    const float zero = 0.0f;
     if (dx && n > 0 && d_in > 0) {
-        CUBLAS_TRY("cublasSgemm(fc_backward dx)",
-                   cublasSgemm(ctx->blas, CUBLAS_OP_N, CUBLAS_OP_N, (int)d_in, (int)n, (int)d_out,
-                               &one, w, ld(d_in), dy, ld(d_out), &zero, dx, ld(d_in)));
+        TRY_STATUS(anc_gemm(ctx, "gemm(fc_backward dx)",
+                            {false, CUBLAS_OP_N, CUBLAS_OP_N, (int)d_in, (int)n, (int)d_out, w,
+                             ld(d_in), 0, dy, ld(d_out), 0, &zero, dx, ld(d_in), 0, 1}));
     }
     if (d_in > 0 && d_out > 0) {
-        CUBLAS_TRY("cublasSgemm(fc_backward dw)",
-                   cublasSgemm(ctx->blas, CUBLAS_OP_N, CUBLAS_OP_T, (int)d_in, (int)d_out, (int)n,
-                               &one, x, ld(d_in), dy, ld(d_out), &zero, dw, ld(d_in)));
+        TRY_STATUS(anc_gemm(ctx, "gemm(fc_backward dw)",
+                            {false, CUBLAS_OP_N, CUBLAS_OP_T, (int)d_in, (int)d_out, (int)n, x,
+                             ld(d_in), 0, dy, ld(d_out), 0, &zero, dw, ld(d_in), 0, 1}));
     }
     return anc_bias_grad(ctx, dy, db, (size_t)n, (size_t)d_out, 1);
 }

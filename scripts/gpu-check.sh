@@ -257,7 +257,7 @@ EOF
     # against the default right after its bench: the ops against the f64 reference with each
     # option on (~20 s in all), then images/s with each option alone and all three together
     # (~15 s each: 20 steps at batch 128 plus start-up).
-    local opt_tests="conv_whole_chunk lrn_by_pixel prefetch_on_copy_stream"
+    local opt_tests="conv_whole_chunk lrn_by_pixel prefetch_on_copy_stream bf16_gemms"
     if [[ -x "$PACK/bin/cuda_ops" ]]; then
         # Several filters: libtest runs the tests matching any of them.
         # shellcheck disable=SC2086
@@ -271,6 +271,8 @@ EOF
     bench "bench cuda --gpu-copy-stream" bench-opt-copy 60 --device cuda --gpu-copy-stream
     bench "bench cuda all three options" bench-opt-all 60 --device cuda \
         --gpu-conv-whole-chunk --gpu-lrn-by-pixel --gpu-copy-stream
+    # bf16 GEMM operands (~15 s); its accuracy against the f64 reference is cuda_ops::bf16_gemms.
+    bench "bench cuda --precision bf16" bench-bf16 60 --device cuda --precision bf16
     # The small-card default scratch (several rounds per layer), TF32, and model parallelism
     # (the two columns on two engines: two GPUs, or two streams of one).
     bench "bench cuda scratch 256 MiB" bench-rust-scratch 60 --device cuda --gpu-scratch-mib 256

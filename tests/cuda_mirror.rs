@@ -6,7 +6,7 @@
 
 mod common;
 
-use alexnet::engine::cuda_mirror::{self as mirror, LrnGeometry};
+use alexnet::engine::cuda_mirror::{self as mirror, bf16_round, LrnGeometry};
 use alexnet::engine::{LrnParams, LrnShape};
 use alexnet::rng::Rng;
 use alexnet_reference as reference;
@@ -159,5 +159,41 @@ fn per_pixel_lrn_backward_matches_the_reference() {
             &suite::widen(&dy),
         );
         suite::assert_close(&format!("lrn backward {s:?} {p:?}"), &dx, &want, LRN);
+    }
+}
+
+/// bf16 keeps the top 16 bits of an f32: 8 significant bits, rounded to nearest with ties to
+/// even (as `__float2bfloat16_rn`): spacing 2^-7 in [1, 2), so the relative error is at most
+/// half of it, 2^-8, for normal values.
+#[test]
+fn bf16_rounding_is_to_nearest_even() {
+    let ulp = 2f32.powi(-7); // bf16's spacing in [1, 2)
+    assert_eq!(bf16_round(1.0), 1.0);
+    assert_eq!(bf16_round(1.0 + ulp), 1.0 + ulp);
+    assert_eq!(
+        bf16_round(1.0 + ulp / 2.0),
+        1.0,
+        "tie: down to the even 1.0"
+    );
+    assert_eq!(
+        bf16_round(1.0 + 1.5 * ulp),
+        1.0 + 2.0 * ulp,
+        "tie: up to the even"
+    );
+    assert_eq!(bf16_round(1.0 + 0.51 * ulp), 1.0 + ulp);
+    assert_eq!(bf16_round(-(1.0 + 0.49 * ulp)), -1.0);
+    assert_eq!(bf16_round(f32::MAX), f32::INFINITY, "past the largest bf16");
+    assert_eq!(bf16_round(f32::NEG_INFINITY), f32::NEG_INFINITY);
+    assert!(bf16_round(f32::NAN).is_nan());
+    assert_eq!(bf16_round(0.0).to_bits(), 0);
+    assert_eq!(bf16_round(-0.0).to_bits(), (-0.0f32).to_bits());
+    let mut rng = Rng::new(5);
+    for x in suite::uniform(&mut rng, 10_000, 1e3) {
+        let r = bf16_round(x);
+        assert_eq!(r.to_bits() & 0xffff, 0, "{x}: not a bf16");
+        assert!(
+            ((r - x) / x).abs() <= 2f32.powi(-8),
+            "{x} -> {r}: off by more than half a bf16 ulp"
+        );
     }
 }

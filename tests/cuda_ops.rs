@@ -8,6 +8,7 @@
 mod common;
 
 use alexnet::engine::cuda::{self, plan, status, CudaEngine};
+use alexnet::engine::cuda_mirror::bf16_round;
 use alexnet::engine::{ConvShape, Engine, FcShape, LrnShape, MaskSlice, PoolShape};
 use alexnet::rng::dropout_keep;
 use alexnet::Error;
@@ -30,6 +31,14 @@ const GEMM: Tol = Tol {
 const TF32: Tol = Tol {
     rel: 1e-3,
     abs: 5e-3,
+};
+
+/// bf16 operands: 8 significant bits, each rounded to nearest (relative 2^-8 = 3.9e-3 at most),
+/// products and sums in f32. The TF32 bound above (11 bits, 2^-11) scaled by the ratio of unit
+/// roundoffs, 2^-8 / 2^-11 = 8: rel 8e-3, abs 4e-2 on the suite's O(1) outputs.
+const BF16: Tol = Tol {
+    rel: 8e-3,
+    abs: 4e-2,
 };
 
 /// LRN: a window sum of at most 7 squares, then powf (CUDA: at most 4 ulp = 2.4e-7 relative) and
@@ -230,6 +239,55 @@ gpu_test!(tf32_gemms, |e| {
     suite::conv_backward_weights(&e, TF32);
     suite::fc_forward(&e, TF32);
     suite::fc_backward(&e, TF32);
+});
+
+// --precision bf16: the GEMM ops with bf16 operands against the f64 reference (the accuracy cost
+// of bf16, within BF16); then fc_forward on inputs already rounded to bf16 (bf16_round, the
+// mirror of the engine's rounding), where only f32 sums remain: the f32 bound.
+gpu_test!(bf16_gemms, |e| {
+    e.set_bf16(true).expect("set_bf16");
+    assert!(e.name().contains("bf16"), "{}", e.name());
+    suite::conv_forward(&e, BF16);
+    suite::conv_backward_data(&e, BF16);
+    suite::conv_backward_weights(&e, BF16);
+    suite::fc_forward(&e, BF16);
+    suite::fc_backward(&e, BF16);
+    let round = |v: Vec<f32>| -> Vec<f32> { v.into_iter().map(bf16_round).collect() };
+    let s = FcShape {
+        n: 8,
+        d_in: 4096,
+        d_out: 250,
+    };
+    let mut rng = alexnet::rng::Rng::new(31);
+    let x = round(suite::uniform(&mut rng, s.n * s.d_in, 1.0));
+    let w = round(suite::uniform(
+        &mut rng,
+        s.d_out * s.d_in,
+        (3.0 / 4096f64).sqrt(),
+    ));
+    let b = suite::uniform(&mut rng, s.d_out, 1.0);
+    let mut y = suite::poisoned(&e, s.n * s.d_out);
+    e.fc_forward(
+        &s,
+        &suite::upload(&e, &x),
+        &suite::upload(&e, &w),
+        &suite::upload(&e, &b),
+        &mut y,
+    )
+    .expect("fc_forward");
+    let rs = alexnet_reference::Fc {
+        n: s.n,
+        d_in: s.d_in,
+        d_out: s.d_out,
+    };
+    let want =
+        alexnet_reference::fc_forward(&rs, &suite::widen(&x), &suite::widen(&w), &suite::widen(&b));
+    suite::assert_close(
+        "fc_forward on bf16 inputs",
+        &suite::download(&e, &y),
+        &want,
+        GEMM,
+    );
 });
 
 // The dropout mask is bit-identical to rng::dropout_keep: on ones with keep_scale 1 every output

@@ -247,6 +247,10 @@ struct DeviceArgs {
     /// Allow TF32 tensor-core GEMMs on the GPU (faster, ~1e-3 relative error).
     #[arg(long)]
     tf32: bool,
+    /// GEMM precision on the GPU: f32, or bf16 (every GEMM's operands rounded to bf16, 8-bit
+    /// mantissa, ~4e-3 relative each; f32 products, sums, weights, SGD state and LRN). CUDA only.
+    #[arg(long, value_enum, default_value_t = Precision::F32, conflicts_with = "tf32")]
+    precision: Precision,
     /// GPU convolution scratch in MiB: the im2col of a chunk of images. More means fewer,
     /// larger GEMMs per layer (the whole batch of 128 at once from about 1 GiB). Default: 1/32
     /// of the card's memory, between 256 MiB and 2 GiB.
@@ -280,6 +284,7 @@ impl DeviceArgs {
         }
         for (on, flag) in [
             (self.tf32, " --tf32"),
+            (self.precision == Precision::Bf16, " --precision bf16"),
             (self.gpu_conv_whole_chunk, " --gpu-conv-whole-chunk"),
             (self.gpu_lrn_by_pixel, " --gpu-lrn-by-pixel"),
             (self.gpu_copy_stream, " --gpu-copy-stream"),
@@ -298,6 +303,12 @@ enum Device {
     Cuda,
 }
 
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Precision {
+    F32,
+    Bf16,
+}
+
 /// Runs `$body` with `$es` bound to `$count` executors of the kind the flags ask for: CPU
 /// engines sharing `$threads` threads, or CUDA engines on consecutive GPUs from `--gpu`.
 macro_rules! with_engines {
@@ -306,6 +317,13 @@ macro_rules! with_engines {
         let (threads, count): (usize, usize) = ($threads, $count);
         match dev.device {
             Device::Cpu => {
+                if dev.precision != Precision::F32 {
+                    return Err(Error::Config(
+                        "--precision bf16 runs on the CUDA engine only (add --device cuda); \
+                         the CPU engine computes in f32"
+                            .into(),
+                    ));
+                }
                 let $es = cpu_engines(threads, count)?;
                 $body
             }
@@ -382,6 +400,7 @@ fn cuda_engines(dev: &DeviceArgs, count: usize) -> Result<Vec<alexnet::engine::c
         .map(|&d| {
             let e = CudaEngine::new(d)?;
             e.set_tf32(dev.tf32)?;
+            e.set_bf16(dev.precision == Precision::Bf16)?;
             e.set_conv_whole_chunk(dev.gpu_conv_whole_chunk);
             e.set_lrn_by_pixel(dev.gpu_lrn_by_pixel);
             e.set_copy_stream(dev.gpu_copy_stream);

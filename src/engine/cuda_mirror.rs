@@ -1,5 +1,5 @@
 //! CPU mirrors of the CUDA engine's newer kernels (`csrc/conv.cu`'s whole-chunk convolution,
-//! `csrc/layers.cu`'s per-pixel LRN): the same index maps, loops and cuBLAS arguments, written
+//! `csrc/layers.cu`'s per-pixel LRN, `csrc/runtime.cu`'s bf16 rounding): the same index maps, loops and cuBLAS arguments, written
 //! out in plain Rust so that `cargo test` checks them against the f64 reference on any machine
 //! (tests/cuda_mirror.rs), with no GPU and without the `cuda` feature. Each function names the
 //! kernel or call it mirrors; a change to one must be made to the other.
@@ -272,4 +272,18 @@ pub fn lrn_backward_by_pixel(
         );
     }
     dx
+}
+
+/// `to_bf16_kernel` (`__float2bfloat16_rn`): `x` rounded to bf16 (8 significant bits), to
+/// nearest with ties to even, as the f32 it widens back to. NaN stays NaN (quietened); values
+/// past bf16's largest finite round to infinity, as IEEE rounding does.
+pub fn bf16_round(x: f32) -> f32 {
+    if x.is_nan() {
+        return f32::from_bits(x.to_bits() | 0x0040_0000);
+    }
+    let bits = x.to_bits();
+    // Add half of the dropped 16 bits' unit, minus one unless the kept last bit is odd (ties to
+    // even); a carry into the exponent is the correct rounding up (to infinity at the top).
+    let rounded = bits + 0x7fff + ((bits >> 16) & 1);
+    f32::from_bits(rounded & 0xffff_0000)
 }

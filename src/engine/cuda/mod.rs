@@ -89,6 +89,7 @@ pub struct CudaEngine {
     device: i32,
     name: String,
     tf32: AtomicBool,
+    bf16: AtomicBool,
     /// Run-time engine options (off by default: on until a GPU run shows them faster).
     conv_whole_chunk: AtomicBool,
     lrn_by_pixel: AtomicBool,
@@ -126,6 +127,7 @@ impl CudaEngine {
             device: dev,
             name: status::c_text(&name),
             tf32: AtomicBool::new(false),
+            bf16: AtomicBool::new(false),
             conv_whole_chunk: AtomicBool::new(false),
             lrn_by_pixel: AtomicBool::new(false),
             copy_stream: AtomicBool::new(false),
@@ -157,6 +159,20 @@ impl CudaEngine {
 
     pub fn tf32(&self) -> bool {
         self.tf32.load(Ordering::Relaxed)
+    }
+
+    /// bf16 GEMM operands: every GEMM's inputs rounded to bf16 (to nearest even, 8-bit mantissa:
+    /// relative 2^-8 = 3.9e-3 each) on the device, multiplied on tensor cores with f32 products,
+    /// sums and results. Weights, SGD state, activations and LRN stay f32. Off by default.
+    pub fn set_bf16(&self, on: bool) -> Result<()> {
+        // SAFETY: ctx is the engine's live context (lock held by launch).
+        self.launch(|ctx| unsafe { ffi::anc_set_bf16(ctx, on as i32) })?;
+        self.bf16.store(on, Ordering::Relaxed);
+        Ok(())
+    }
+
+    pub fn bf16(&self) -> bool {
+        self.bf16.load(Ordering::Relaxed)
     }
 
     /// Convolution forward and backward-data as one GEMM of m = chunk*Ho*Wo rows per group
@@ -195,7 +211,11 @@ impl CudaEngine {
 
     /// The options that are on, for the engine's name (so logs of an A/B say which side ran).
     fn options_text(&self) -> String {
-        let mut text = String::from(if self.tf32() { "tf32" } else { "f32" });
+        let mut text = String::from(match (self.bf16(), self.tf32()) {
+            (true, _) => "bf16",
+            (false, true) => "tf32",
+            (false, false) => "f32",
+        });
         for (on, name) in [
             (self.conv_whole_chunk(), "conv whole-chunk"),
             (self.lrn_by_pixel(), "lrn by-pixel"),
