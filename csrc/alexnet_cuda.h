@@ -45,6 +45,8 @@ anc_status anc_create(int device, anc_ctx **out, char *name, size_t name_len);
 void anc_destroy(anc_ctx *ctx);
 /* TF32 tensor-core GEMMs on (1) or strict f32 (0). */
 anc_status anc_set_tf32(anc_ctx *ctx, int on);
+/* bf16 GEMM operands (rounded to nearest even; f32 products, sums and results) on (1) or off. */
+anc_status anc_set_bf16(anc_ctx *ctx, int on);
 anc_status anc_mem_info(int device, size_t *free_bytes, size_t *total_bytes);
 anc_status anc_malloc(int device, size_t bytes, void **out);
 anc_status anc_free(int device, void *ptr);
@@ -57,6 +59,14 @@ anc_status anc_host_free(void *ptr);
 /* Queues a copy from page-locked `src` (does not wait; keep src untouched until synchronised). */
 anc_status anc_upload_async(anc_ctx *ctx, void *dst, const void *src, size_t bytes);
 anc_status anc_copy(anc_ctx *ctx, void *dst, const void *src, size_t bytes);
+/* The prefetched batch on a copy stream of its own (created on first use): queues a copy from
+ * page-locked `src` there, after the work queued so far on the context's stream, and returns.
+ * anc_prefetch_join makes the context's stream wait for that copy (the host does not);
+ * anc_prefetch_host_wait makes the host wait for it (before `src` is written again). Both do
+ * nothing before the first anc_prefetch_upload. */
+anc_status anc_prefetch_upload(anc_ctx *ctx, void *dst, const void *src, size_t bytes);
+anc_status anc_prefetch_join(anc_ctx *ctx);
+anc_status anc_prefetch_host_wait(anc_ctx *ctx);
 anc_status anc_synchronize(anc_ctx *ctx);
 /* Lets `device` read and write `peer`'s memory directly (NVLink/PCIe peer copies). *enabled = 0
    where the pair cannot (copies then stage through host memory); not an error. */
@@ -84,15 +94,18 @@ anc_status anc_sgd_update(anc_ctx *ctx, float *w, const float *dw, float *v, siz
                           float momentum, float weight_decay);
 
 /* ---- convolution (im2col + cuBLAS) ----
- * `scratch` holds at least anc_conv_scratch_floats(s, chunk, backward_weights) floats; the batch
- * is processed `chunk` images at a time. */
-size_t anc_conv_scratch_floats(const anc_conv *s, int64_t chunk, int backward_weights);
+ * `scratch` holds at least anc_conv_scratch_floats(s, chunk, channel_major) floats, with
+ * channel_major = 1 for backward-weights and for forward / backward-data with whole_chunk; the
+ * batch is processed `chunk` images at a time. whole_chunk = 1: one GEMM of m = chunk*Ho*Wo per
+ * group instead of `chunk` strided-batched GEMMs of m = Ho*Wo. */
+size_t anc_conv_scratch_floats(const anc_conv *s, int64_t chunk, int channel_major);
 /* y[N,Cout,Ho,Wo] = conv(x[N,Cin,H,W], w[Cout,Cin/g,kh,kw]) + b[Cout] */
-anc_status anc_conv_forward(anc_ctx *ctx, const anc_conv *s, int64_t chunk, const float *x,
-                            const float *w, const float *b, float *y, float *scratch);
+anc_status anc_conv_forward(anc_ctx *ctx, const anc_conv *s, int64_t chunk, int whole_chunk,
+                            const float *x, const float *w, const float *b, float *y,
+                            float *scratch);
 /* dx[N,Cin,H,W] = conv_transpose(dy[N,Cout,Ho,Wo], w) */
-anc_status anc_conv_backward_data(anc_ctx *ctx, const anc_conv *s, int64_t chunk, const float *dy,
-                                  const float *w, float *dx, float *scratch);
+anc_status anc_conv_backward_data(anc_ctx *ctx, const anc_conv *s, int64_t chunk, int whole_chunk,
+                                  const float *dy, const float *w, float *dx, float *scratch);
 /* dw[Cout,Cin/g,kh,kw] = sum_n dy ⋆ x ; db[Cout] = sum dy (overwritten) */
 anc_status anc_conv_backward_weights(anc_ctx *ctx, const anc_conv *s, int64_t chunk,
                                      const float *x, const float *dy, float *dw, float *db,
@@ -114,6 +127,14 @@ anc_status anc_lrn_forward(anc_ctx *ctx, int64_t n, int64_t c, int64_t hw, int64
 anc_status anc_lrn_backward(anc_ctx *ctx, int64_t n, int64_t c, int64_t hw, int64_t groups,
                             int64_t size, float alpha, float beta, const float *x, const float *y,
                             const float *scale, const float *dy, float *dx);
+/* The same two, one thread per pixel walking the channels with a running window sum. */
+anc_status anc_lrn_forward_by_pixel(anc_ctx *ctx, int64_t n, int64_t c, int64_t hw, int64_t groups,
+                                    int64_t size, float alpha, float beta, float k, const float *x,
+                                    float *y, float *scale);
+anc_status anc_lrn_backward_by_pixel(anc_ctx *ctx, int64_t n, int64_t c, int64_t hw,
+                                     int64_t groups, int64_t size, float alpha, float beta,
+                                     const float *x, const float *y, const float *scale,
+                                     const float *dy, float *dx);
 
 /* ---- overlapping max pooling (no padding; ties: first maximum in row-major order) ---- */
 anc_status anc_maxpool_forward(anc_ctx *ctx, int64_t nc, int64_t h, int64_t w, int64_t size,

@@ -14,7 +14,38 @@ struct anc_ctx {
     int device;
     cudaStream_t stream;
     cublasHandle_t blas;
+    // The prefetch copy stream and its events, created by the first anc_prefetch_upload (NULL
+    // until then): `queued` marks the compute stream's work at a prefetch, `copied` its copy.
+    cudaStream_t copy_stream;
+    cudaEvent_t queued, copied;
+    // --precision bf16: GEMM operands rounded to bf16 (round to nearest even) into `bf16_buf`
+    // (grow-only, `bf16_bytes` long), multiplied with f32 accumulation into f32 results.
+    int bf16;
+    void *bf16_buf;
+    size_t bf16_bytes;
 };
+
+// The GEMMs of every layer: cuBLAS's f32 GEMM (TF32 when the math mode allows), or with bf16
+// operands when ctx->bf16 (anc_gemm in runtime.cu). Column-major, beta as given, cuBLAS's
+// argument order, alpha = 1. `batched`: `batch` GEMMs strided by stride_a/b/c (0 = the same
+// matrix for each) through the strided-batched call; else one GEMM.
+struct anc_gemm_args {
+    bool batched;
+    cublasOperation_t ta, tb;
+    int m, n, k;
+    const float *a;
+    int lda;
+    long long stride_a;
+    const float *b;
+    int ldb;
+    long long stride_b;
+    const float *beta;
+    float *c;
+    int ldc;
+    long long stride_c;
+    int batch;
+};
+anc_status anc_gemm(anc_ctx *ctx, const char *name, const anc_gemm_args &g);
 
 // Success: everything zero (code 0, kind 0, empty strings).
 static inline anc_status anc_ok() {
@@ -53,6 +84,13 @@ static inline anc_status anc_cublas_status(cublasStatus_t e, const char *call) {
     do {                                                                                           \
         cublasStatus_t anc_e_ = (expr);                                                            \
         if (anc_e_ != CUBLAS_STATUS_SUCCESS) return anc_cublas_status(anc_e_, name);               \
+    } while (0)
+
+// Returns from the enclosing function with the status of a failed anc_* helper.
+#define TRY_STATUS(expr)                                                                           \
+    do {                                                                                           \
+        anc_status anc_s_ = (expr);                                                                \
+        if (anc_s_.code != 0) return anc_s_;                                                       \
     } while (0)
 
 // After each <<<>>>: a bad configuration is reported here; an error inside an earlier kernel

@@ -3,10 +3,14 @@
 // Scratch layout for a chunk of B images, P = Ho*Wo output positions, K = Cin*kh*kw:
 //   col[K][B][P]          im2col of the chunk (row k = (c*kh + i)*kw + j); group g owns rows
 //                         g*Kg .. (g+1)*Kg with Kg = (Cin/G)*kh*kw, matching w[Cout, Cin/G, kh, kw]
-//   dyt[Cout][B][P]       (backward-weights only) dy of the chunk with images moved inside channels
+//   yt[Cout][B][P]        (backward-weights, and forward / backward-data with `whole_chunk`) y or
+//                         dy of the chunk with images moved inside channels
 // With images inside each row, one image's block of col is a column-major [P, Kg] matrix with
 // leading dimension B*P, so the forward and backward-data GEMMs of all B images are a single
-// strided-batched call per group, and backward-weights is one GEMM per group with k = B*P.
+// strided-batched call per group (B GEMMs of m = P), and backward-weights is one GEMM per group
+// with k = B*P. With `whole_chunk`, forward and backward-data are one GEMM of m = B*P per group
+// too: y and dy move between [B][C][P] and [C][B][P] in one kernel pass instead (the forward's
+// bias added in that pass). src/engine/cuda_mirror.rs mirrors these index maps on the CPU.
 #include "common.cuh"
 
 struct ConvDims {
@@ -35,10 +39,10 @@ static ConvDims dims(const anc_conv *s) {
     return d;
 }
 
-extern "C" size_t anc_conv_scratch_floats(const anc_conv *s, int64_t chunk, int backward_weights) {
+extern "C" size_t anc_conv_scratch_floats(const anc_conv *s, int64_t chunk, int channel_major) {
     ConvDims d = dims(s);
     size_t col = (size_t)(d.k * chunk * d.p);
-    size_t dyt = backward_weights ? (size_t)(d.cout * chunk * d.p) : 0;
+    size_t dyt = channel_major ? (size_t)(d.cout * chunk * d.p) : 0;
     return col + dyt;
 }
 
@@ -124,6 +128,20 @@ __global__ void images_inside_channels_kernel(const float *dy, float *dyt, int64
     }
 }
 
+// y[B][Cout][P] = yt[Cout][B][P] + bias[Cout] (y points at the chunk's first image): one block per
+// row (b, c) of y, the inverse of images_inside_channels with the forward's bias added.
+__global__ void channels_inside_images_bias_kernel(const float *yt, const float *bias, float *y,
+                                                   int64_t rows, int b_count, int cout, int p) {
+    for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
+        int c = (int)(row % cout);
+        int b = (int)(row / cout);
+        const float *src = yt + ((size_t)c * b_count + b) * p;
+        float *out = y + (size_t)row * p;
+        float add = bias[c];
+        for (int pos = threadIdx.x; pos < p; pos += blockDim.x) out[pos] = src[pos] + add;
+    }
+}
+
 static anc_status im2col(anc_ctx *ctx, const ConvDims &d, const float *x, int64_t b_count,
                          float *col) {
     int64_t rows = d.k * b_count;
@@ -135,59 +153,87 @@ static anc_status im2col(anc_ctx *ctx, const ConvDims &d, const float *x, int64_
     return anc_ok();
 }
 
-#define TRY_STATUS(expr)                                                                           \
-    do {                                                                                           \
-        anc_status anc_s_ = (expr);                                                                \
-        if (anc_s_.code != 0) return anc_s_;                                                       \
-    } while (0)
-
 // y[N,Cout,Ho,Wo] = conv(x[N,Cin,H,W], w[Cout,Cin/g,kh,kw]) + b[Cout]
 extern "C" anc_status anc_conv_forward(anc_ctx *ctx, const anc_conv *s, int64_t chunk,
-                                       const float *x, const float *w, const float *b, float *y,
-                                       float *scratch) {
+                                       int whole_chunk, const float *x, const float *w,
+                                       const float *b, float *y, float *scratch) {
     ConvDims d = dims(s);
     if (d.n == 0 || d.p == 0 || d.cout == 0) return anc_ok();
     ENTER(ctx);
-    const float one = 1.0f, zero = 0.0f;
+    const float zero = 0.0f;
     for (int64_t b0 = 0; b0 < d.n; b0 += chunk) {
         int64_t bc = d.n - b0 < chunk ? d.n - b0 : chunk;
         TRY_STATUS(im2col(ctx, d, x + b0 * d.cin * d.h * d.w, bc, scratch));
         float *yc = y + b0 * d.cout * d.p;
+        if (whole_chunk) {
+            int64_t bp = bc * d.p;
+            float *yt = scratch + d.k * bp;
+            for (int64_t g = 0; g < d.groups; ++g) {
+                // yt_g[B*P, Coutg] (column-major, ld B*P) = col_g[B*P, Kg] (ld B*P) * w_g[Kg, Coutg]
+                TRY_STATUS(anc_gemm(ctx, "gemm(conv_forward, whole chunk)",
+                                    {false, CUBLAS_OP_N, CUBLAS_OP_N, (int)bp, (int)d.coutg,
+                                     (int)d.kg, scratch + g * d.kg * bp, (int)bp, 0,
+                                     w + g * d.coutg * d.kg, (int)d.kg, 0, &zero,
+                                     yt + g * d.coutg * bp, (int)bp, 0, 1}));
+            }
+            int64_t rows = bc * d.cout;
+            channels_inside_images_bias_kernel<<<row_blocks(rows), row_threads(d.p), 0,
+                                                 ctx->stream>>>(yt, b, yc, rows, (int)bc,
+                                                                (int)d.cout, (int)d.p);
+            LAUNCH_CHECK("channels_inside_images_bias");
+            continue;
+        }
         for (int64_t g = 0; g < d.groups; ++g) {
             // Per image: y_b[P, Coutg] (column-major, ld P) = col_b[P, Kg] (ld B*P) * w_g[Kg, Coutg]
-            CUBLAS_TRY("cublasSgemmStridedBatched(conv_forward)",
-                       cublasSgemmStridedBatched(
-                           ctx->blas, CUBLAS_OP_N, CUBLAS_OP_N, (int)d.p, (int)d.coutg, (int)d.kg,
-                           &one, scratch + g * d.kg * bc * d.p, (int)(bc * d.p), (long long)d.p,
-                           w + g * d.coutg * d.kg, (int)d.kg, 0LL, &zero, yc + g * d.coutg * d.p,
-                           (int)d.p, (long long)(d.cout * d.p), (int)bc));
+            TRY_STATUS(anc_gemm(ctx, "gemm strided-batched(conv_forward)",
+                                {true, CUBLAS_OP_N, CUBLAS_OP_N, (int)d.p, (int)d.coutg, (int)d.kg,
+                                 scratch + g * d.kg * bc * d.p, (int)(bc * d.p), (long long)d.p,
+                                 w + g * d.coutg * d.kg, (int)d.kg, 0LL, &zero,
+                                 yc + g * d.coutg * d.p, (int)d.p, (long long)(d.cout * d.p),
+                                 (int)bc}));
         }
     }
+    if (whole_chunk) return anc_ok();
     return anc_add_bias(ctx, y, b, (size_t)d.n, (size_t)d.cout, (size_t)d.p);
 }
 
 // dx[N,Cin,H,W] = conv_transpose(dy[N,Cout,Ho,Wo], w[Cout,Cin/g,kh,kw])
 extern "C" anc_status anc_conv_backward_data(anc_ctx *ctx, const anc_conv *s, int64_t chunk,
-                                             const float *dy, const float *w, float *dx,
-                                             float *scratch) {
+                                             int whole_chunk, const float *dy, const float *w,
+                                             float *dx, float *scratch) {
     ConvDims d = dims(s);
     size_t x_len = (size_t)(d.n * d.cin * d.h * d.w);
     if (x_len == 0) return anc_ok();
     ENTER(ctx);
-    const float one = 1.0f, zero = 0.0f;
+    const float zero = 0.0f;
     for (int64_t b0 = 0; b0 < d.n; b0 += chunk) {
         int64_t bc = d.n - b0 < chunk ? d.n - b0 : chunk;
         const float *dyc = dy + b0 * d.cout * d.p;
-        for (int64_t g = 0; g < d.groups; ++g) {
+        if (whole_chunk) {
+            int64_t bp = bc * d.p;
+            float *dyt = scratch + d.k * bp;
+            int64_t rows = d.cout * bc;
+            images_inside_channels_kernel<<<row_blocks(rows), row_threads(d.p), 0, ctx->stream>>>(
+                dyc, dyt, rows, (int)bc, (int)d.cout, (int)d.p);
+            LAUNCH_CHECK("images_inside_channels");
+            for (int64_t g = 0; g < d.groups; ++g) {
+                // dcol_g[B*P, Kg] (ld B*P) = dyt_g[B*P, Coutg] (ld B*P) * w_g^T
+                TRY_STATUS(anc_gemm(ctx, "gemm(conv_backward_data, whole chunk)",
+                                    {false, CUBLAS_OP_N, CUBLAS_OP_T, (int)bp, (int)d.kg,
+                                     (int)d.coutg, dyt + g * d.coutg * bp, (int)bp, 0,
+                                     w + g * d.coutg * d.kg, (int)d.kg, 0, &zero,
+                                     scratch + g * d.kg * bp, (int)bp, 0, 1}));
+            }
+        }
+        for (int64_t g = 0; g < d.groups && !whole_chunk; ++g) {
             // Per image: dcol_b[P, Kg] (ld B*P) = dy_b[P, Coutg] (ld P) * w_g^T with w_g read as
             // the column-major [Kg, Coutg] matrix it is and transposed.
-            CUBLAS_TRY("cublasSgemmStridedBatched(conv_backward_data)",
-                       cublasSgemmStridedBatched(
-                           ctx->blas, CUBLAS_OP_N, CUBLAS_OP_T, (int)d.p, (int)d.kg, (int)d.coutg,
-                           &one, dyc + g * d.coutg * d.p, (int)d.p, (long long)(d.cout * d.p),
-                           w + g * d.coutg * d.kg, (int)d.kg, 0LL, &zero,
-                           scratch + g * d.kg * bc * d.p, (int)(bc * d.p), (long long)d.p,
-                           (int)bc));
+            TRY_STATUS(anc_gemm(ctx, "gemm strided-batched(conv_backward_data)",
+                                {true, CUBLAS_OP_N, CUBLAS_OP_T, (int)d.p, (int)d.kg, (int)d.coutg,
+                                 dyc + g * d.coutg * d.p, (int)d.p, (long long)(d.cout * d.p),
+                                 w + g * d.coutg * d.kg, (int)d.kg, 0LL, &zero,
+                                 scratch + g * d.kg * bc * d.p, (int)(bc * d.p), (long long)d.p,
+                                 (int)bc}));
         }
         int64_t planes = bc * d.cin;
         col2im_kernel<<<row_blocks(planes), row_threads(d.h * d.w), 0, ctx->stream>>>(
@@ -228,11 +274,10 @@ extern "C" anc_status anc_conv_backward_weights(anc_ctx *ctx, const anc_conv *s,
         int64_t bp = bc * d.p;
         for (int64_t g = 0; g < d.groups; ++g) {
             // dw_g[Kg, Coutg] (column-major, ld Kg) = col_g^T[Kg, B*P] * dyt_g[B*P, Coutg]
-            CUBLAS_TRY("cublasSgemm(conv_backward_weights)",
-                       cublasSgemm(ctx->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)d.kg, (int)d.coutg,
-                                   (int)bp, &one, col + g * d.kg * bp, (int)bp,
-                                   dyt + g * d.coutg * bp, (int)bp, beta, dw + g * d.coutg * d.kg,
-                                   (int)d.kg));
+            TRY_STATUS(anc_gemm(ctx, "gemm(conv_backward_weights)",
+                                {false, CUBLAS_OP_T, CUBLAS_OP_N, (int)d.kg, (int)d.coutg, (int)bp,
+                                 col + g * d.kg * bp, (int)bp, 0, dyt + g * d.coutg * bp, (int)bp,
+                                 0, beta, dw + g * d.coutg * d.kg, (int)d.kg, 0, 1}));
         }
     }
     return anc_bias_grad(ctx, dy, db, (size_t)d.n, (size_t)d.cout, (size_t)d.p);

@@ -53,10 +53,10 @@ extern "C" anc_status anc_fc_forward(anc_ctx *ctx, int64_t n, int64_t d_in, int6
                                      const float *x, const float *w, const float *b, float *y) {
     if (n == 0 || d_out == 0) return anc_ok();
     ENTER(ctx);
-    const float one = 1.0f, zero = 0.0f;
-    CUBLAS_TRY("cublasSgemm(fc_forward)",
-               cublasSgemm(ctx->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)d_out, (int)n, (int)d_in,
-                           &one, w, ld(d_in), x, ld(d_in), &zero, y, ld(d_out)));
+    const float zero = 0.0f;
+    TRY_STATUS(anc_gemm(ctx, "gemm(fc_forward)",
+                        {false, CUBLAS_OP_T, CUBLAS_OP_N, (int)d_out, (int)n, (int)d_in, w,
+                         ld(d_in), 0, x, ld(d_in), 0, &zero, y, ld(d_out), 0, 1}));
     return anc_add_bias(ctx, y, b, (size_t)n, (size_t)d_out, 1);
 }
 
@@ -65,16 +65,16 @@ extern "C" anc_status anc_fc_backward(anc_ctx *ctx, int64_t n, int64_t d_in, int
                                       const float *x, const float *w, const float *dy, float *dx,
                                       float *dw, float *db) {
     ENTER(ctx);
-    const float one = 1.0f, zero = 0.0f;
+    const float zero = 0.0f;
     if (dx && n > 0 && d_in > 0) {
-        CUBLAS_TRY("cublasSgemm(fc_backward dx)",
-                   cublasSgemm(ctx->blas, CUBLAS_OP_N, CUBLAS_OP_N, (int)d_in, (int)n, (int)d_out,
-                               &one, w, ld(d_in), dy, ld(d_out), &zero, dx, ld(d_in)));
+        TRY_STATUS(anc_gemm(ctx, "gemm(fc_backward dx)",
+                            {false, CUBLAS_OP_N, CUBLAS_OP_N, (int)d_in, (int)n, (int)d_out, w,
+                             ld(d_in), 0, dy, ld(d_out), 0, &zero, dx, ld(d_in), 0, 1}));
     }
     if (d_in > 0 && d_out > 0) {
-        CUBLAS_TRY("cublasSgemm(fc_backward dw)",
-                   cublasSgemm(ctx->blas, CUBLAS_OP_N, CUBLAS_OP_T, (int)d_in, (int)d_out, (int)n,
-                               &one, x, ld(d_in), dy, ld(d_out), &zero, dw, ld(d_in)));
+        TRY_STATUS(anc_gemm(ctx, "gemm(fc_backward dw)",
+                            {false, CUBLAS_OP_N, CUBLAS_OP_T, (int)d_in, (int)d_out, (int)n, x,
+                             ld(d_in), 0, dy, ld(d_out), 0, &zero, dw, ld(d_in), 0, 1}));
     }
     return anc_bias_grad(ctx, dy, db, (size_t)n, (size_t)d_out, 1);
 }
@@ -139,6 +139,101 @@ __global__ void lrn_backward_kernel(I total, int c, I hw, int groups, int size, 
     }
 }
 
+// The same LRN with one thread per pixel (image, position) walking the channels of each group
+// with a running window sum: each value enters the window once from DRAM (and is read again, from
+// cache, when it leaves and as the centre) instead of being summed into `size` windows. The sum
+// runs in double: a running f32 sum that subtracts what leaves would keep the rounding of every
+// large square it ever held. Threads of a warp take consecutive positions: coalesced.
+// src/engine/cuda_mirror.rs mirrors this loop on the CPU (tests/cuda_mirror.rs).
+template <typename I>
+__global__ void lrn_forward_by_pixel_kernel(I pixels, int c, I hw, int groups, int size,
+                                            float alpha, float beta, float k, const float *x,
+                                            float *y, float *scale) {
+    GRID_STRIDE_T(I, t, pixels) {
+        I base = (t / hw) * (I)c * hw + t % hw;
+        int cg = c / groups, half = size / 2;
+        for (int g0 = 0; g0 < c; g0 += cg) {
+            int g1 = g0 + cg;
+            double sum = 0.0;
+            for (int j = g0; j < g1 && j < g0 + half; ++j) {
+                float v = x[base + (I)j * hw];
+                sum += (double)(v * v);
+            }
+            for (int ch = g0; ch < g1; ++ch) {
+                int enter = ch + half, leave = ch - half - 1;
+                if (enter < g1) {
+                    float v = x[base + (I)enter * hw];
+                    sum += (double)(v * v);
+                }
+                if (leave >= g0) {
+                    float v = x[base + (I)leave * hw];
+                    sum -= (double)(v * v);
+                }
+                I i = base + (I)ch * hw;
+                float sc = k + alpha * (float)sum;
+                scale[i] = sc;
+                y[i] = x[i] * powf(sc, -beta);
+            }
+        }
+    }
+}
+// Backward by pixel: the running window sum of dy*y/scale (the window of channel j holds ch iff
+// ch's holds j, so the same window walks both).
+template <typename I>
+__global__ void lrn_backward_by_pixel_kernel(I pixels, int c, I hw, int groups, int size,
+                                             float alpha, float beta, const float *x,
+                                             const float *y, const float *scale, const float *dy,
+                                             float *dx) {
+    GRID_STRIDE_T(I, t, pixels) {
+        I base = (t / hw) * (I)c * hw + t % hw;
+        int cg = c / groups, half = size / 2;
+        for (int g0 = 0; g0 < c; g0 += cg) {
+            int g1 = g0 + cg;
+            double acc = 0.0;
+            for (int j = g0; j < g1 && j < g0 + half; ++j) {
+                I o = base + (I)j * hw;
+                acc += (double)(dy[o] * y[o] / scale[o]);
+            }
+            for (int ch = g0; ch < g1; ++ch) {
+                int enter = ch + half, leave = ch - half - 1;
+                if (enter < g1) {
+                    I o = base + (I)enter * hw;
+                    acc += (double)(dy[o] * y[o] / scale[o]);
+                }
+                if (leave >= g0) {
+                    I o = base + (I)leave * hw;
+                    acc -= (double)(dy[o] * y[o] / scale[o]);
+                }
+                I i = base + (I)ch * hw;
+                dx[i] = dy[i] * powf(scale[i], -beta) - 2.0f * alpha * beta * x[i] * (float)acc;
+            }
+        }
+    }
+}
+extern "C" anc_status anc_lrn_forward_by_pixel(anc_ctx *ctx, int64_t n, int64_t c, int64_t hw,
+                                               int64_t groups, int64_t size, float alpha,
+                                               float beta, float k, const float *x, float *y,
+                                               float *scale) {
+    size_t total = (size_t)(n * c * hw), pixels = (size_t)(n * hw);
+    if (total == 0) return anc_ok();
+    ENTER(ctx);
+    LAUNCH_INDEXED(lrn_forward_by_pixel_kernel, total, anc_blocks(pixels), pixels, (int)c, hw,
+                   (int)groups, (int)size, alpha, beta, k, x, y, scale);
+    LAUNCH_CHECK("lrn_forward_by_pixel");
+    return anc_ok();
+}
+extern "C" anc_status anc_lrn_backward_by_pixel(anc_ctx *ctx, int64_t n, int64_t c, int64_t hw,
+                                                int64_t groups, int64_t size, float alpha,
+                                                float beta, const float *x, const float *y,
+                                                const float *scale, const float *dy, float *dx) {
+    size_t total = (size_t)(n * c * hw), pixels = (size_t)(n * hw);
+    if (total == 0) return anc_ok();
+    ENTER(ctx);
+    LAUNCH_INDEXED(lrn_backward_by_pixel_kernel, total, anc_blocks(pixels), pixels, (int)c, hw,
+                   (int)groups, (int)size, alpha, beta, x, y, scale, dy, dx);
+    LAUNCH_CHECK("lrn_backward_by_pixel");
+    return anc_ok();
+}
 extern "C" anc_status anc_lrn_forward(anc_ctx *ctx, int64_t n, int64_t c, int64_t hw,
                                       int64_t groups, int64_t size, float alpha, float beta,
                                       float k, const float *x, float *y, float *scale) {

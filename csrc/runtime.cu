@@ -1,4 +1,6 @@
-// Device selection, context (stream + cuBLAS handle), memory and copies.
+// Device selection, context (stream + cuBLAS handle), memory and copies; the GEMM entry of
+// every layer (anc_gemm).
+#include <cuda_bf16.h>
 #include <new>
 
 #include "common.cuh"
@@ -14,6 +16,10 @@ static void anc_release(anc_ctx *ctx) {
     if (!ctx) return;
     cudaSetDevice(ctx->device);
     if (ctx->blas) cublasDestroy(ctx->blas);
+    if (ctx->bf16_buf) cudaFree(ctx->bf16_buf);
+    if (ctx->copied) cudaEventDestroy(ctx->copied);
+    if (ctx->queued) cudaEventDestroy(ctx->queued);
+    if (ctx->copy_stream) cudaStreamDestroy(ctx->copy_stream);
     if (ctx->stream) cudaStreamDestroy(ctx->stream);
     delete ctx;
 }
@@ -40,6 +46,12 @@ extern "C" anc_status anc_create(int device, anc_ctx **out, char *name, size_t n
     ctx->device = device;
     ctx->stream = NULL;
     ctx->blas = NULL;
+    ctx->copy_stream = NULL;
+    ctx->queued = NULL;
+    ctx->copied = NULL;
+    ctx->bf16 = 0;
+    ctx->bf16_buf = NULL;
+    ctx->bf16_bytes = 0;
     anc_status st = anc_build(ctx, name, name_len);
     if (st.code != 0) {
         anc_release(ctx);
@@ -53,6 +65,7 @@ extern "C" void anc_destroy(anc_ctx *ctx) {
     if (!ctx) return;
     cudaSetDevice(ctx->device);
     cudaStreamSynchronize(ctx->stream);
+    if (ctx->copy_stream) cudaStreamSynchronize(ctx->copy_stream);
     anc_release(ctx);
 }
 
@@ -60,6 +73,86 @@ extern "C" anc_status anc_set_tf32(anc_ctx *ctx, int on) {
     ENTER(ctx);
     CUBLAS_TRY("cublasSetMathMode",
                cublasSetMathMode(ctx->blas, on ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
+    return anc_ok();
+}
+
+extern "C" anc_status anc_set_bf16(anc_ctx *ctx, int on) {
+    ctx->bf16 = on;
+    return anc_ok();
+}
+
+// x rounded to bf16, to nearest with ties to even (src/engine/cuda_mirror.rs: bf16_round).
+__global__ void to_bf16_kernel(const float *x, __nv_bfloat16 *y, size_t n) {
+    GRID_STRIDE(i, n) y[i] = __float2bfloat16_rn(x[i]);
+}
+
+// Elements a column-major operand spans, gaps between its columns included: op(X) is
+// rows_op x cols_op, X is stored transposed when `trans`, `batch` matrices `stride` apart.
+static size_t operand_span(cublasOperation_t trans, int rows_op, int cols_op, int ld,
+                           long long stride, int batch) {
+    size_t rows = trans == CUBLAS_OP_N ? rows_op : cols_op;
+    size_t cols = trans == CUBLAS_OP_N ? cols_op : rows_op;
+    if (rows == 0 || cols == 0 || batch == 0) return 0;
+    return (size_t)ld * (cols - 1) + rows + (size_t)stride * (size_t)(batch - 1);
+}
+
+static anc_status to_bf16(anc_ctx *ctx, const float *x, __nv_bfloat16 *y, size_t n) {
+    if (n == 0) return anc_ok();
+    to_bf16_kernel<<<anc_blocks(n), ANC_THREADS, 0, ctx->stream>>>(x, y, n);
+    LAUNCH_CHECK("to_bf16");
+    return anc_ok();
+}
+
+// The operands' bf16 copies go to the context's grow-only buffer; growing waits for the GEMMs
+// queued on the old one first.
+static anc_status bf16_room(anc_ctx *ctx, size_t bytes) {
+    if (bytes <= ctx->bf16_bytes) return anc_ok();
+    CUDA_TRY("cudaStreamSynchronize (before growing the bf16 operands)",
+             cudaStreamSynchronize(ctx->stream));
+    if (ctx->bf16_buf) cudaFree(ctx->bf16_buf);
+    ctx->bf16_buf = NULL;
+    ctx->bf16_bytes = 0;
+    cudaError_t e = cudaMalloc(&ctx->bf16_buf, bytes);
+    if (e != cudaSuccess) {
+        ctx->bf16_buf = NULL;
+        cudaGetLastError();  // not sticky for the next launch check
+        return anc_cuda_status(e, "cudaMalloc(bf16 GEMM operands)");
+    }
+    ctx->bf16_bytes = bytes;
+    return anc_ok();
+}
+
+anc_status anc_gemm(anc_ctx *ctx, const char *name, const anc_gemm_args &g) {
+    const float one = 1.0f;
+    if (!ctx->bf16) {
+        if (g.batched)
+            CUBLAS_TRY(name, cublasSgemmStridedBatched(ctx->blas, g.ta, g.tb, g.m, g.n, g.k, &one,
+                                                       g.a, g.lda, g.stride_a, g.b, g.ldb,
+                                                       g.stride_b, g.beta, g.c, g.ldc, g.stride_c,
+                                                       g.batch));
+        else
+            CUBLAS_TRY(name, cublasSgemm(ctx->blas, g.ta, g.tb, g.m, g.n, g.k, &one, g.a, g.lda,
+                                         g.b, g.ldb, g.beta, g.c, g.ldc));
+        return anc_ok();
+    }
+    int batch = g.batched ? g.batch : 1;
+    size_t na = operand_span(g.ta, g.m, g.k, g.lda, g.batched ? g.stride_a : 0, batch);
+    size_t nb = operand_span(g.tb, g.k, g.n, g.ldb, g.batched ? g.stride_b : 0, batch);
+    TRY_STATUS(bf16_room(ctx, (na + nb) * sizeof(__nv_bfloat16)));
+    __nv_bfloat16 *a16 = (__nv_bfloat16 *)ctx->bf16_buf, *b16 = a16 + na;
+    TRY_STATUS(to_bf16(ctx, g.a, a16, na));
+    TRY_STATUS(to_bf16(ctx, g.b, b16, nb));
+    // bf16 x bf16 products are exact in f32; they are summed in f32 (CUBLAS_COMPUTE_32F).
+    if (g.batched)
+        CUBLAS_TRY(name, cublasGemmStridedBatchedEx(
+                             ctx->blas, g.ta, g.tb, g.m, g.n, g.k, &one, a16, CUDA_R_16BF, g.lda,
+                             g.stride_a, b16, CUDA_R_16BF, g.ldb, g.stride_b, g.beta, g.c,
+                             CUDA_R_32F, g.ldc, g.stride_c, g.batch, CUBLAS_COMPUTE_32F,
+                             CUBLAS_GEMM_DEFAULT));
+    else
+        CUBLAS_TRY(name, cublasGemmEx(ctx->blas, g.ta, g.tb, g.m, g.n, g.k, &one, a16,
+                                      CUDA_R_16BF, g.lda, b16, CUDA_R_16BF, g.ldb, g.beta, g.c,
+                                      CUDA_R_32F, g.ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
     return anc_ok();
 }
 
@@ -142,6 +235,48 @@ extern "C" anc_status anc_upload_async(anc_ctx *ctx, void *dst, const void *src,
     ENTER(ctx);
     CUDA_TRY("cudaMemcpyAsync(HostToDevice, page-locked)",
              cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, ctx->stream));
+    return anc_ok();
+}
+
+static anc_status anc_copy_stream_create(anc_ctx *ctx) {
+    if (ctx->copy_stream) return anc_ok();
+    CUDA_TRY("cudaEventCreateWithFlags(queued)",
+             cudaEventCreateWithFlags(&ctx->queued, cudaEventDisableTiming));
+    CUDA_TRY("cudaEventCreateWithFlags(copied)",
+             cudaEventCreateWithFlags(&ctx->copied, cudaEventDisableTiming));
+    // Created last: its presence says the events exist.
+    CUDA_TRY("cudaStreamCreateWithFlags(copy)",
+             cudaStreamCreateWithFlags(&ctx->copy_stream, cudaStreamNonBlocking));
+    return anc_ok();
+}
+
+// The copy waits for the work queued on the compute stream so far (it may still read `dst`, the
+// batch before last), then runs beside whatever the compute stream is given next.
+extern "C" anc_status anc_prefetch_upload(anc_ctx *ctx, void *dst, const void *src, size_t bytes) {
+    if (bytes == 0) return anc_ok();
+    ENTER(ctx);
+    TRY_STATUS(anc_copy_stream_create(ctx));
+    CUDA_TRY("cudaEventRecord(queued)", cudaEventRecord(ctx->queued, ctx->stream));
+    CUDA_TRY("cudaStreamWaitEvent(copy stream, queued)",
+             cudaStreamWaitEvent(ctx->copy_stream, ctx->queued, 0));
+    CUDA_TRY("cudaMemcpyAsync(HostToDevice, copy stream)",
+             cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, ctx->copy_stream));
+    CUDA_TRY("cudaEventRecord(copied)", cudaEventRecord(ctx->copied, ctx->copy_stream));
+    return anc_ok();
+}
+
+extern "C" anc_status anc_prefetch_join(anc_ctx *ctx) {
+    if (!ctx->copy_stream) return anc_ok();
+    ENTER(ctx);
+    CUDA_TRY("cudaStreamWaitEvent(compute stream, copied)",
+             cudaStreamWaitEvent(ctx->stream, ctx->copied, 0));
+    return anc_ok();
+}
+
+extern "C" anc_status anc_prefetch_host_wait(anc_ctx *ctx) {
+    if (!ctx->copy_stream) return anc_ok();
+    ENTER(ctx);
+    CUDA_TRY("cudaEventSynchronize(copied)", cudaEventSynchronize(ctx->copied));
     return anc_ok();
 }
 

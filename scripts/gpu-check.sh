@@ -5,7 +5,9 @@
 #                                  # (release, stripped) and pack them into .gpu-pack/ (< 60 MiB)
 #   scripts/gpu-check.sh run       # on the GPU host, from the repo root with .gpu-pack/ present:
 #                                  # GPU tests, one-step GPU-vs-CPU model check, throughput bench
-#                                  # beside PyTorch+cuDNN; logs to $OUT (if set) or .gpu-pack/logs;
+#                                  # beside PyTorch+cuDNN, and an A/B of each engine option
+#                                  # (--gpu-conv-whole-chunk, --gpu-lrn-by-pixel,
+#                                  # --gpu-copy-stream); logs to $OUT (if set) or .gpu-pack/logs;
 #                                  # a summary table last. Stays under 7 minutes.
 #
 # GPU_CHECK_CANDIDATE=<git ref> scripts/gpu-check.sh prepare also builds that commit (in a
@@ -251,8 +253,26 @@ EOF
         done <"$v/tests.txt"
     done
 
+    # The engine options (issue #15, off by default) first with their op tests, then A/B'd
+    # against the default right after its bench: the ops against the f64 reference with each
+    # option on (~20 s in all), then images/s with each option alone and all three together
+    # (~15 s each: 20 steps at batch 128 plus start-up).
+    local opt_tests="conv_whole_chunk lrn_by_pixel prefetch_on_copy_stream bf16_gemms"
+    if [[ -x "$PACK/bin/cuda_ops" ]]; then
+        # Several filters: libtest runs the tests matching any of them.
+        # shellcheck disable=SC2086
+        step "options: op tests" "$logs/options-tests.log" 90 \
+            "$PACK/bin/cuda_ops" --test-threads=1 --nocapture $opt_tests </dev/null
+    fi
     # Each configuration on every variant back to back, so the A/B shares the card's state.
     bench "bench alexnet-rs cuda b128" bench-rust 120 --device cuda
+    bench "bench cuda --gpu-conv-whole-chunk" bench-opt-conv 60 --device cuda --gpu-conv-whole-chunk
+    bench "bench cuda --gpu-lrn-by-pixel" bench-opt-lrn 60 --device cuda --gpu-lrn-by-pixel
+    bench "bench cuda --gpu-copy-stream" bench-opt-copy 60 --device cuda --gpu-copy-stream
+    bench "bench cuda all three options" bench-opt-all 60 --device cuda \
+        --gpu-conv-whole-chunk --gpu-lrn-by-pixel --gpu-copy-stream
+    # bf16 GEMM operands (~15 s); its accuracy against the f64 reference is cuda_ops::bf16_gemms.
+    bench "bench cuda --precision bf16" bench-bf16 60 --device cuda --precision bf16
     # The small-card default scratch (several rounds per layer), TF32, and model parallelism
     # (the two columns on two engines: two GPUs, or two streams of one).
     bench "bench cuda scratch 256 MiB" bench-rust-scratch 60 --device cuda --gpu-scratch-mib 256

@@ -471,7 +471,8 @@ impl<E: Engine> Model<E> {
     /// Uploads the batch the next [`Model::forward_prefetched`] will use into a second input
     /// buffer, leaving the current one (which the backward still reads) alone. Called between
     /// `forward` and `backward`, the upload overlaps the work the engine has queued: on the GPU
-    /// the host's copy into page-locked staging runs while the forward's kernels do.
+    /// the host's copy into page-locked staging runs while the forward's kernels do, and with the
+    /// CUDA engine's copy stream the DMA runs while the backward's do.
     pub fn prefetch_input(&mut self, e: &E, images: &[f32]) -> Result<()> {
         self.check_input(images)?;
         let next = match &mut self.next_input {
@@ -480,21 +481,23 @@ impl<E: Engine> Model<E> {
                 .next_input
                 .insert(e.alloc(self.batch * self.act_sizes[0])?),
         };
-        e.upload(next, images)?;
+        e.prefetch_upload(next, images)?;
         self.next_input_ready = true;
         Ok(())
     }
 
     /// [`Model::forward`] on the batch of the last [`Model::prefetch_input`].
     pub fn forward_prefetched(&mut self, e: &E, train_seed: Option<u64>) -> Result<()> {
-        self.use_prefetched_input()?;
+        self.use_prefetched_input(e)?;
         self.forward_rows(e, train_seed)
     }
 
-    /// Makes the prefetched batch the input (the old input buffer becomes the next prefetch's).
-    pub(crate) fn use_prefetched_input(&mut self) -> Result<()> {
+    /// Makes the prefetched batch the input (the old input buffer becomes the next prefetch's),
+    /// once the ops queued on `e` from here on see its upload.
+    pub(crate) fn use_prefetched_input(&mut self, e: &E) -> Result<()> {
         match &mut self.next_input {
             Some(next) if self.next_input_ready => {
+                e.prefetch_join()?;
                 std::mem::swap(&mut self.acts[0], next);
                 self.next_input_ready = false;
                 Ok(())

@@ -382,8 +382,8 @@ impl<E: Engine> NetworkOps<E> for ColumnModel<E> {
 
     /// [`ColumnModel::forward`] on the batch of the last [`ColumnModel::prefetch_input`].
     fn forward_prefetched(&mut self, engines: &[E], train_seed: Option<u64>) -> Result<()> {
-        for m in &mut self.columns {
-            m.use_prefetched_input()?;
+        for (m, &x) in self.columns.iter_mut().zip(&self.executor) {
+            m.use_prefetched_input(&engines[x])?;
         }
         self.forward_rows(engines, train_seed)
     }

@@ -243,6 +243,13 @@ fn values_the_paper_rule_cannot_use_are_refused() {
     // bench --steps 0 once indexed an empty list of timings.
     let o = cli(&["bench", "--steps", "0"]);
     assert_clear_error(&o, "bench --steps 0");
+    // bf16 GEMMs exist on the CUDA engine only: the CPU engine refuses, naming the way out, and
+    // --tf32 and --precision bf16 (two settings of the same GEMMs) are refused together.
+    let o = cli(&["bench", "--precision", "bf16", "--steps", "1"]);
+    assert_clear_error(&o, "bench --precision bf16 on the CPU");
+    assert!(text(&o).1.contains("--device cuda"), "{}", text(&o).1);
+    let o = cli(&["bench", "--precision", "bf16", "--tf32", "--device", "cuda"]);
+    assert_clear_error(&o, "--precision bf16 --tf32");
 }
 
 /// Bad input of every kind, through every command: each is a clear error, never a crash.

@@ -211,6 +211,19 @@ fn prefetched_batches_train_exactly_like_uploaded_ones() {
     assert!(uploaded.1 == prefetched.1, "parameters differ");
 }
 
+/// --gpu-copy-stream: the prefetched batches' copies on their own stream change when the data
+/// arrives, never what is computed: bit for bit the uploaded run.
+#[test]
+fn prefetched_batches_on_the_copy_stream_train_exactly_like_uploaded_ones() {
+    let Some(gpu) = gpu(false) else { return };
+    gpu.set_copy_stream(true);
+    let engines = std::slice::from_ref(&gpu);
+    let cfg = ArchConfig::default();
+    let [uploaded, prefetched] = common::uploaded_and_prefetched_runs(engines, false, &cfg, 128, 3);
+    assert_eq!(uploaded.0, prefetched.0);
+    assert!(uploaded.1 == prefetched.1, "parameters differ");
+}
+
 fn assert_all_close(gpu: &CudaEngine, g: &Step, c: &Step, tol: f64, gradients: bool) {
     println!("{}: loss cpu {} gpu {}", gpu.name(), c.loss, g.loss);
     let mut all: Vec<(String, f64)> =
@@ -240,12 +253,25 @@ fn assert_all_close(gpu: &CudaEngine, g: &Step, c: &Step, tol: f64, gradients: b
     assert!(bad.is_empty(), "over {tol:.0e}: {bad:?}");
 }
 
+/// With the default GEMMs and with --gpu-conv-whole-chunk (one GEMM per group over the chunk).
 #[test]
 fn each_convolution_at_its_alexnet_shape_matches_the_cpu_engine() {
     let Some(gpu) = gpu(false) else { return };
     let cpu = CpuEngine::new(0).unwrap();
     let mut plan = ArchConfig::default().plan().unwrap();
     plan.retain(|p| p.conv.is_some());
+    for whole_chunk in [false, true] {
+        gpu.set_conv_whole_chunk(whole_chunk);
+        println!("{}", gpu.name());
+        each_convolution_against_the_cpu(&gpu, &cpu, &plan);
+    }
+}
+
+fn each_convolution_against_the_cpu(
+    gpu: &CudaEngine,
+    cpu: &CpuEngine,
+    plan: &[alexnet::arch::PlannedLayer],
+) {
     let mut rng = Rng::new(17);
     for p in plan {
         let mut s = p.conv.unwrap();
@@ -288,9 +314,9 @@ fn each_convolution_at_its_alexnet_shape_matches_the_cpu_engine() {
                 [down(&y), down(&dx), down(&dw), down(&db)]
             }
             if eng_is_gpu {
-                go(&gpu, &s, &x, &w, &b, &dy)
+                go(gpu, &s, &x, &w, &b, &dy)
             } else {
-                go(&cpu, &s, &x, &w, &b, &dy)
+                go(cpu, &s, &x, &w, &b, &dy)
             }
         };
         let (g, c) = (on(true), on(false));

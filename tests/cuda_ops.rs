@@ -8,6 +8,7 @@
 mod common;
 
 use alexnet::engine::cuda::{self, plan, status, CudaEngine};
+use alexnet::engine::cuda_mirror::bf16_round;
 use alexnet::engine::{ConvShape, Engine, FcShape, LrnShape, MaskSlice, PoolShape};
 use alexnet::rng::dropout_keep;
 use alexnet::Error;
@@ -30,6 +31,14 @@ const GEMM: Tol = Tol {
 const TF32: Tol = Tol {
     rel: 1e-3,
     abs: 5e-3,
+};
+
+/// bf16 operands: 8 significant bits, each rounded to nearest (relative 2^-8 = 3.9e-3 at most),
+/// products and sums in f32. The TF32 bound above (11 bits, 2^-11) scaled by the ratio of unit
+/// roundoffs, 2^-8 / 2^-11 = 8: rel 8e-3, abs 4e-2 on the suite's O(1) outputs.
+const BF16: Tol = Tol {
+    rel: 8e-3,
+    abs: 4e-2,
 };
 
 /// LRN: a window sum of at most 7 squares, then powf (CUDA: at most 4 ulp = 2.4e-7 relative) and
@@ -144,6 +153,83 @@ gpu_test!(conv_one_image_per_chunk, |e| {
     suite::conv_backward_weights(&e, GEMM);
 });
 
+// Engine option --gpu-conv-whole-chunk: forward and backward-data as one GEMM per group over the
+// chunk, with the whole batch in a chunk, one image per chunk, and two images per chunk (uneven
+// against batches of 3); backward-weights is unchanged but shares the scratch. The same f32
+// bound as the default path, against the same reference.
+gpu_test!(conv_whole_chunk, |e| {
+    e.set_conv_whole_chunk(true);
+    assert!(e.name().contains("conv whole-chunk"), "{}", e.name());
+    suite::conv_forward(&e, GEMM);
+    suite::conv_backward_data(&e, GEMM);
+    suite::conv_backward_weights(&e, GEMM);
+    for s in suite::conv_shapes() {
+        for chunk in [1, 2] {
+            e.set_scratch_budget(chunk * plan::conv_floats_per_image(&s, true));
+            let (x, w, b) = suite::conv_inputs(&s, 7);
+            let mut y = suite::poisoned(&e, s.y_len());
+            let (xb, wb) = (suite::upload(&e, &x), suite::upload(&e, &w));
+            e.conv_forward(&s, &xb, &wb, &suite::upload(&e, &b), &mut y)
+                .expect("conv_forward");
+            let want = alexnet_reference::conv2d_forward(
+                &suite::ref_conv(&s),
+                &suite::widen(&x),
+                &suite::widen(&w),
+                &suite::widen(&b),
+            );
+            let what = format!("conv_forward chunk {chunk} {s:?}");
+            suite::assert_close(&what, &suite::download(&e, &y), &want, GEMM);
+        }
+    }
+});
+
+// Engine option --gpu-lrn-by-pixel: the per-pixel running-window kernels, same reference and
+// bound as the default ones (the window sum is f64, the rest the same f32 arithmetic).
+gpu_test!(lrn_by_pixel, |e| {
+    e.set_lrn_by_pixel(true);
+    assert!(e.name().contains("lrn by-pixel"), "{}", e.name());
+    suite::lrn_forward(&e, LRN);
+    suite::lrn_backward(&e, LRN);
+});
+
+// Engine option --gpu-copy-stream: a prefetch upload into a buffer that work queued before it
+// still reads (a device copy out of it) leaves that work the old contents, and after the join
+// the new contents are what ops see; a plain upload after a prefetch waits for its staging.
+gpu_test!(prefetch_on_copy_stream, |e| {
+    e.set_copy_stream(true);
+    let n = 5 * (1 << 20) + 7;
+    let old: Vec<f32> = (0..n as u32).map(|i| i as f32).collect();
+    let new: Vec<f32> = (0..n as u32).map(|i| (i ^ 1) as f32).collect();
+    let mut a = suite::upload(&e, &old);
+    let mut copy_of_old = e.alloc(n).unwrap();
+    for round in 0..2 {
+        e.copy(&mut copy_of_old, &a).unwrap();
+        e.prefetch_upload(&mut a, if round == 0 { &new } else { &old })
+            .unwrap();
+        e.prefetch_join().unwrap();
+        let mut seen = e.alloc(n).unwrap();
+        e.copy(&mut seen, &a).unwrap();
+        let (before, after) = if round == 0 {
+            (&old, &new)
+        } else {
+            (&new, &old)
+        };
+        assert!(
+            suite::download(&e, &copy_of_old) == *before,
+            "round {round}: old data"
+        );
+        assert!(
+            suite::download(&e, &seen) == *after,
+            "round {round}: new data"
+        );
+    }
+    e.prefetch_upload(&mut a, &new).unwrap();
+    e.upload(&mut copy_of_old, &old).unwrap();
+    e.prefetch_join().unwrap();
+    assert!(suite::download(&e, &a) == new);
+    assert!(suite::download(&e, &copy_of_old) == old);
+});
+
 // The GEMM ops again with TF32 tensor cores.
 gpu_test!(tf32_gemms, |e| {
     e.set_tf32(true).expect("set_tf32");
@@ -153,6 +239,55 @@ gpu_test!(tf32_gemms, |e| {
     suite::conv_backward_weights(&e, TF32);
     suite::fc_forward(&e, TF32);
     suite::fc_backward(&e, TF32);
+});
+
+// --precision bf16: the GEMM ops with bf16 operands against the f64 reference (the accuracy cost
+// of bf16, within BF16); then fc_forward on inputs already rounded to bf16 (bf16_round, the
+// mirror of the engine's rounding), where only f32 sums remain: the f32 bound.
+gpu_test!(bf16_gemms, |e| {
+    e.set_bf16(true).expect("set_bf16");
+    assert!(e.name().contains("bf16"), "{}", e.name());
+    suite::conv_forward(&e, BF16);
+    suite::conv_backward_data(&e, BF16);
+    suite::conv_backward_weights(&e, BF16);
+    suite::fc_forward(&e, BF16);
+    suite::fc_backward(&e, BF16);
+    let round = |v: Vec<f32>| -> Vec<f32> { v.into_iter().map(bf16_round).collect() };
+    let s = FcShape {
+        n: 8,
+        d_in: 4096,
+        d_out: 250,
+    };
+    let mut rng = alexnet::rng::Rng::new(31);
+    let x = round(suite::uniform(&mut rng, s.n * s.d_in, 1.0));
+    let w = round(suite::uniform(
+        &mut rng,
+        s.d_out * s.d_in,
+        (3.0 / 4096f64).sqrt(),
+    ));
+    let b = suite::uniform(&mut rng, s.d_out, 1.0);
+    let mut y = suite::poisoned(&e, s.n * s.d_out);
+    e.fc_forward(
+        &s,
+        &suite::upload(&e, &x),
+        &suite::upload(&e, &w),
+        &suite::upload(&e, &b),
+        &mut y,
+    )
+    .expect("fc_forward");
+    let rs = alexnet_reference::Fc {
+        n: s.n,
+        d_in: s.d_in,
+        d_out: s.d_out,
+    };
+    let want =
+        alexnet_reference::fc_forward(&rs, &suite::widen(&x), &suite::widen(&w), &suite::widen(&b));
+    suite::assert_close(
+        "fc_forward on bf16 inputs",
+        &suite::download(&e, &y),
+        &want,
+        GEMM,
+    );
 });
 
 // The dropout mask is bit-identical to rng::dropout_keep: on ones with keep_scale 1 every output
@@ -424,13 +559,46 @@ fn host_shape_checks_reject_bad_lengths_and_geometry() {
     let b = plan::default_scratch_floats(None);
     let s = suite::ERROR_CASE_CONV;
     let (x, w, y) = (s.x_len(), s.w_len(), s.y_len());
-    assert!(plan::conv_forward(&s, b, x, w, 6, y).is_ok());
-    assert!(is_shape_err(plan::conv_forward(&s, b, x - 1, w, 6, y)));
-    assert!(is_shape_err(plan::conv_forward(&s, b, x, w + 1, 6, y)));
-    assert!(is_shape_err(plan::conv_forward(&s, b, x, w, 5, y)));
-    assert!(is_shape_err(plan::conv_forward(&s, b, x, w, 6, y - 1)));
-    assert!(plan::conv_backward_data(&s, b, y, w, x).is_ok());
-    assert!(is_shape_err(plan::conv_backward_data(&s, b, y, w, x + 1)));
+    for whole in [false, true] {
+        assert!(plan::conv_forward(&s, b, whole, x, w, 6, y).is_ok());
+        assert!(is_shape_err(plan::conv_forward(
+            &s,
+            b,
+            whole,
+            x - 1,
+            w,
+            6,
+            y
+        )));
+        assert!(is_shape_err(plan::conv_forward(
+            &s,
+            b,
+            whole,
+            x,
+            w + 1,
+            6,
+            y
+        )));
+        assert!(is_shape_err(plan::conv_forward(&s, b, whole, x, w, 5, y)));
+        assert!(is_shape_err(plan::conv_forward(
+            &s,
+            b,
+            whole,
+            x,
+            w,
+            6,
+            y - 1
+        )));
+        assert!(plan::conv_backward_data(&s, b, whole, y, w, x).is_ok());
+        assert!(is_shape_err(plan::conv_backward_data(
+            &s,
+            b,
+            whole,
+            y,
+            w,
+            x + 1
+        )));
+    }
     assert!(plan::conv_backward_weights(&s, b, x, y, w, 6).is_ok());
     assert!(is_shape_err(plan::conv_backward_weights(&s, b, x, y, w, 7)));
     assert!(is_shape_err(plan::conv_backward_weights(
@@ -448,7 +616,7 @@ fn host_shape_checks_reject_bad_lengths_and_geometry() {
         ConvShape { c_in: 0, ..s },
         ConvShape { n: 0, ..s },
     ] {
-        let r = plan::conv_forward(&bad, b, bad.x_len(), bad.w_len(), 6, 0);
+        let r = plan::conv_forward(&bad, b, false, bad.x_len(), bad.w_len(), 6, 0);
         assert!(is_shape_err(r), "{bad:?} accepted");
     }
     // cuBLAS dimensions are 32-bit.

@@ -247,11 +247,28 @@ struct DeviceArgs {
     /// Allow TF32 tensor-core GEMMs on the GPU (faster, ~1e-3 relative error).
     #[arg(long)]
     tf32: bool,
+    /// GEMM precision on the GPU: f32, or bf16 (every GEMM's operands rounded to bf16, 8-bit
+    /// mantissa, ~4e-3 relative each; f32 products, sums, weights, SGD state and LRN). CUDA only.
+    #[arg(long, value_enum, default_value_t = Precision::F32, conflicts_with = "tf32")]
+    precision: Precision,
     /// GPU convolution scratch in MiB: the im2col of a chunk of images. More means fewer,
     /// larger GEMMs per layer (the whole batch of 128 at once from about 1 GiB). Default: 1/32
     /// of the card's memory, between 256 MiB and 2 GiB.
     #[arg(long = "gpu-scratch-mib", value_parser = clap::value_parser!(u64).range(1..))]
     gpu_scratch_mib: Option<u64>,
+    /// GPU engine option: convolution forward and backward-data as one GEMM per group over the
+    /// whole chunk of images (m = images x output positions) instead of one strided-batched GEMM
+    /// per image; needs more scratch per image. Same results to f32 rounding.
+    #[arg(long = "gpu-conv-whole-chunk")]
+    gpu_conv_whole_chunk: bool,
+    /// GPU engine option: LRN with one thread per pixel walking the channels with a running
+    /// window sum (each value read from memory once) instead of one thread per value.
+    #[arg(long = "gpu-lrn-by-pixel")]
+    gpu_lrn_by_pixel: bool,
+    /// GPU engine option: the prefetched batch's host-to-device copy on a copy stream of its own,
+    /// overlapping the backward's kernels, instead of after the forward on the compute stream.
+    #[arg(long = "gpu-copy-stream")]
+    gpu_copy_stream: bool,
 }
 
 impl DeviceArgs {
@@ -265,8 +282,16 @@ impl DeviceArgs {
         if self.threads != 0 {
             flags.push_str(&format!(" --threads {}", self.threads));
         }
-        if self.tf32 {
-            flags.push_str(" --tf32");
+        for (on, flag) in [
+            (self.tf32, " --tf32"),
+            (self.precision == Precision::Bf16, " --precision bf16"),
+            (self.gpu_conv_whole_chunk, " --gpu-conv-whole-chunk"),
+            (self.gpu_lrn_by_pixel, " --gpu-lrn-by-pixel"),
+            (self.gpu_copy_stream, " --gpu-copy-stream"),
+        ] {
+            if on {
+                flags.push_str(flag);
+            }
         }
         flags
     }
@@ -278,6 +303,12 @@ enum Device {
     Cuda,
 }
 
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Precision {
+    F32,
+    Bf16,
+}
+
 /// Runs `$body` with `$es` bound to `$count` executors of the kind the flags ask for: CPU
 /// engines sharing `$threads` threads, or CUDA engines on consecutive GPUs from `--gpu`.
 macro_rules! with_engines {
@@ -286,6 +317,13 @@ macro_rules! with_engines {
         let (threads, count): (usize, usize) = ($threads, $count);
         match dev.device {
             Device::Cpu => {
+                if dev.precision != Precision::F32 {
+                    return Err(Error::Config(
+                        "--precision bf16 runs on the CUDA engine only (add --device cuda); \
+                         the CPU engine computes in f32"
+                            .into(),
+                    ));
+                }
                 let $es = cpu_engines(threads, count)?;
                 $body
             }
@@ -362,6 +400,10 @@ fn cuda_engines(dev: &DeviceArgs, count: usize) -> Result<Vec<alexnet::engine::c
         .map(|&d| {
             let e = CudaEngine::new(d)?;
             e.set_tf32(dev.tf32)?;
+            e.set_bf16(dev.precision == Precision::Bf16)?;
+            e.set_conv_whole_chunk(dev.gpu_conv_whole_chunk);
+            e.set_lrn_by_pixel(dev.gpu_lrn_by_pixel);
+            e.set_copy_stream(dev.gpu_copy_stream);
             if let Some(mib) = dev.gpu_scratch_mib {
                 e.set_scratch_budget((mib as usize) << 18);
             }

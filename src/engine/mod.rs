@@ -12,6 +12,7 @@
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod cuda_mirror;
 
 use crate::error::{Error, Result};
 
@@ -278,6 +279,16 @@ pub trait Engine: Send + Sync + 'static {
     fn alloc(&self, len: usize) -> Result<Self::Buf>;
     fn buf_len(&self, buf: &Self::Buf) -> usize;
     fn upload(&self, dst: &mut Self::Buf, src: &[f32]) -> Result<()>;
+    /// An upload of the next batch while the engine still works on this one: it may complete
+    /// after returning (the CUDA engine's copy stream), so [`Engine::prefetch_join`] must come
+    /// before any op reads `dst`, and `dst` must not be read or written in between.
+    fn prefetch_upload(&self, dst: &mut Self::Buf, src: &[f32]) -> Result<()> {
+        self.upload(dst, src)
+    }
+    /// Ops queued from here on see the last [`Engine::prefetch_upload`]'s data.
+    fn prefetch_join(&self) -> Result<()> {
+        Ok(())
+    }
     fn download(&self, src: &Self::Buf, dst: &mut [f32]) -> Result<()>;
     /// dst[..] = src[..] (same length).
     fn copy(&self, dst: &mut Self::Buf, src: &Self::Buf) -> Result<()>;

@@ -143,7 +143,7 @@ pub fn conv_shapes() -> Vec<ConvShape> {
     ]
 }
 
-fn ref_conv(s: &ConvShape) -> reference::Conv2d {
+pub fn ref_conv(s: &ConvShape) -> reference::Conv2d {
     reference::Conv2d {
         n: s.n,
         c_in: s.c_in,
@@ -159,7 +159,7 @@ fn ref_conv(s: &ConvShape) -> reference::Conv2d {
 }
 
 /// Random conv inputs: x in [-1, 1), w with variance 1/K (so y is O(1)), b in [-1, 1).
-fn conv_inputs(s: &ConvShape, seed: u64) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+pub fn conv_inputs(s: &ConvShape, seed: u64) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let mut rng = Rng::new(seed);
     let k = (s.c_in / s.groups * s.kh * s.kw) as f64;
     let x = uniform(&mut rng, s.x_len(), 1.0);
@@ -174,7 +174,7 @@ pub fn fc_shapes() -> Vec<FcShape> {
     vec![f(3, 7, 5), f(1, 37, 65), f(5, 300, 130), f(8, 4096, 250)]
 }
 
-fn lrn_cases() -> Vec<(LrnShape, LrnParams, f64)> {
+pub fn lrn_cases() -> Vec<(LrnShape, LrnParams, f64)> {
     let s = |n, c, h, w, groups| LrnShape { n, c, h, w, groups };
     let p = |size, alpha, beta, k, alpha_over_n| LrnParams {
         size,
@@ -200,7 +200,7 @@ fn lrn_cases() -> Vec<(LrnShape, LrnParams, f64)> {
     ]
 }
 
-fn ref_lrn(s: &LrnShape, p: &LrnParams) -> reference::Lrn {
+pub fn ref_lrn(s: &LrnShape, p: &LrnParams) -> reference::Lrn {
     reference::Lrn {
         n: s.n,
         c: s.c,

@@ -57,6 +57,8 @@ struct Inner {
     labels: DeviceMem,
     /// Per-row loss (f32), grow-only.
     rows: DeviceMem,
+    /// A prefetch copy (copy stream) may still read `staging` or write its destination.
+    prefetch_pending: bool,
 }
 
 // SAFETY: the context pointer is only dereferenced by the C side while the engine's Mutex is held,
@@ -87,6 +89,11 @@ pub struct CudaEngine {
     device: i32,
     name: String,
     tf32: AtomicBool,
+    bf16: AtomicBool,
+    /// Run-time engine options (off by default: on until a GPU run shows them faster).
+    conv_whole_chunk: AtomicBool,
+    lrn_by_pixel: AtomicBool,
+    copy_stream: AtomicBool,
     /// Scratch floats a convolution may use (see `plan::conv_plan`).
     scratch_budget: AtomicUsize,
     /// Set once page-locked staging has been refused (so the notice is printed once).
@@ -120,6 +127,10 @@ impl CudaEngine {
             device: dev,
             name: status::c_text(&name),
             tf32: AtomicBool::new(false),
+            bf16: AtomicBool::new(false),
+            conv_whole_chunk: AtomicBool::new(false),
+            lrn_by_pixel: AtomicBool::new(false),
+            copy_stream: AtomicBool::new(false),
             scratch_budget: AtomicUsize::new(plan::default_scratch_floats(
                 memory::mem_info(dev).map(|(_, total)| total),
             )),
@@ -130,6 +141,7 @@ impl CudaEngine {
                 staging: PinnedHost::empty(),
                 labels: DeviceMem::empty(dev),
                 rows: DeviceMem::empty(dev),
+                prefetch_pending: false,
             }),
         })
     }
@@ -147,6 +159,74 @@ impl CudaEngine {
 
     pub fn tf32(&self) -> bool {
         self.tf32.load(Ordering::Relaxed)
+    }
+
+    /// bf16 GEMM operands: every GEMM's inputs rounded to bf16 (to nearest even, 8-bit mantissa:
+    /// relative 2^-8 = 3.9e-3 each) on the device, multiplied on tensor cores with f32 products,
+    /// sums and results. Weights, SGD state, activations and LRN stay f32. Off by default.
+    pub fn set_bf16(&self, on: bool) -> Result<()> {
+        // SAFETY: ctx is the engine's live context (lock held by launch).
+        self.launch(|ctx| unsafe { ffi::anc_set_bf16(ctx, on as i32) })?;
+        self.bf16.store(on, Ordering::Relaxed);
+        Ok(())
+    }
+
+    pub fn bf16(&self) -> bool {
+        self.bf16.load(Ordering::Relaxed)
+    }
+
+    /// Convolution forward and backward-data as one GEMM of m = chunk*Ho*Wo rows per group
+    /// (y and dy moved between [B][C][P] and [C][B][P] in one kernel pass, the bias added in it)
+    /// instead of `chunk` strided-batched GEMMs of m = Ho*Wo. Needs Cout*Ho*Wo more scratch floats
+    /// per image, so the chunks may get smaller.
+    pub fn set_conv_whole_chunk(&self, on: bool) {
+        self.conv_whole_chunk.store(on, Ordering::Relaxed);
+    }
+
+    pub fn conv_whole_chunk(&self) -> bool {
+        self.conv_whole_chunk.load(Ordering::Relaxed)
+    }
+
+    /// LRN with one thread per pixel walking the channels with a running window sum (each value
+    /// read from memory once) instead of one thread per element summing its window.
+    pub fn set_lrn_by_pixel(&self, on: bool) {
+        self.lrn_by_pixel.store(on, Ordering::Relaxed);
+    }
+
+    pub fn lrn_by_pixel(&self) -> bool {
+        self.lrn_by_pixel.load(Ordering::Relaxed)
+    }
+
+    /// [`Engine::prefetch_upload`] on a copy stream of its own, after the work queued so far,
+    /// with an event the compute stream waits on at [`Engine::prefetch_join`]: the DMA runs while
+    /// the kernels queued after it do. Off: the DMA follows the queued kernels on the one stream
+    /// and the host waits for both.
+    pub fn set_copy_stream(&self, on: bool) {
+        self.copy_stream.store(on, Ordering::Relaxed);
+    }
+
+    pub fn copy_stream(&self) -> bool {
+        self.copy_stream.load(Ordering::Relaxed)
+    }
+
+    /// The options that are on, for the engine's name (so logs of an A/B say which side ran).
+    fn options_text(&self) -> String {
+        let mut text = String::from(match (self.bf16(), self.tf32()) {
+            (true, _) => "bf16",
+            (false, true) => "tf32",
+            (false, false) => "f32",
+        });
+        for (on, name) in [
+            (self.conv_whole_chunk(), "conv whole-chunk"),
+            (self.lrn_by_pixel(), "lrn by-pixel"),
+            (self.copy_stream(), "copy stream"),
+        ] {
+            if on {
+                text.push_str(", ");
+                text.push_str(name);
+            }
+        }
+        text
     }
 
     /// Caps the convolution scratch at `floats` (at least one image's worth is always used):
@@ -205,6 +285,17 @@ impl CudaEngine {
         status::check(&st)
     }
 
+    /// Waits on the host for the last prefetch copy on the copy stream, if one may still run:
+    /// before the staging buffer it reads is written or freed, or its destination used.
+    fn finish_prefetch_copy(&self, inner: &mut Inner) -> Result<()> {
+        if inner.prefetch_pending {
+            // SAFETY: inner.ctx is a live context (lock held).
+            status::check(&unsafe { ffi::anc_prefetch_host_wait(inner.ctx) })?;
+            inner.prefetch_pending = false;
+        }
+        Ok(())
+    }
+
     /// Makes the staging buffer at least `bytes` long; false (after saying so once) where the
     /// system will not lock that much memory, and uploads then go straight from pageable memory.
     fn grow_staging(&self, inner: &mut Inner, bytes: usize) -> bool {
@@ -239,7 +330,9 @@ impl CudaEngine {
         assert!(inner.staging.bytes() >= bytes, "staging buffer not grown");
         // SAFETY: the staging buffer is a live page-locked allocation of at least `bytes`, owned
         // by `inner` (lock held, so no other thread touches it), and no copy still reads it:
-        // every staged upload waits for its copies before returning, after an error too.
+        // every staged upload waits for its copies before returning, after an error too, and a
+        // prefetch's copy is waited for (finish_prefetch_copy) before the staging is grown or
+        // written again.
         let staged =
             unsafe { std::slice::from_raw_parts_mut(inner.staging.ptr().cast::<f32>(), src.len()) };
         let mut queued = Ok(());
@@ -309,18 +402,22 @@ fn conv_ffi(s: &ConvShape) -> ffi::anc_conv {
 
 /// The scratch floats the C side computes for a conv call; lets tests check that the host plan and
 /// the kernels agree on the layout without a device (the function does no CUDA calls).
-pub fn c_conv_scratch_floats(s: &ConvShape, chunk: usize, backward_weights: bool) -> usize {
+pub fn c_conv_scratch_floats(s: &ConvShape, chunk: usize, channel_major: bool) -> usize {
     let shape = conv_ffi(s);
     // SAFETY: pure arithmetic on the struct passed by pointer; no device access.
-    unsafe { ffi::anc_conv_scratch_floats(&shape, chunk as i64, backward_weights as i32) }
+    unsafe { ffi::anc_conv_scratch_floats(&shape, chunk as i64, channel_major as i32) }
 }
 
 impl Engine for CudaEngine {
     type Buf = DeviceBuffer;
 
     fn name(&self) -> String {
-        let mode = if self.tf32() { "tf32" } else { "f32" };
-        format!("cuda:{} {} ({mode})", self.device, self.name)
+        format!(
+            "cuda:{} {} ({})",
+            self.device,
+            self.name,
+            self.options_text()
+        )
     }
 
     fn alloc(&self, len: usize) -> Result<DeviceBuffer> {
@@ -344,6 +441,7 @@ impl Engine for CudaEngine {
     fn upload(&self, dst: &mut DeviceBuffer, src: &[f32]) -> Result<()> {
         check_len("upload", "src", src.len(), dst.len())?;
         let mut inner = self.lock();
+        self.finish_prefetch_copy(&mut inner)?;
         let bytes = std::mem::size_of_val(src);
         if bytes >= STAGED_UPLOAD_MIN_BYTES && self.grow_staging(&mut inner, bytes) {
             return self.staged_upload(&mut inner, dst, src);
@@ -358,6 +456,48 @@ impl Engine for CudaEngine {
             )
         };
         status::check(&st)
+    }
+
+    // With the copy stream: the host copy into page-locked staging now, the DMA queued on the
+    // copy stream after the work queued so far (which may still read `dst`), no wait.
+    fn prefetch_upload(&self, dst: &mut DeviceBuffer, src: &[f32]) -> Result<()> {
+        if !self.copy_stream() {
+            return self.upload(dst, src);
+        }
+        check_len("prefetch_upload", "src", src.len(), dst.len())?;
+        let mut inner = self.lock();
+        self.finish_prefetch_copy(&mut inner)?;
+        let bytes = std::mem::size_of_val(src);
+        if !self.grow_staging(&mut inner, bytes) {
+            drop(inner);
+            return self.upload(dst, src);
+        }
+        // SAFETY: the staging buffer is a live page-locked allocation of at least `bytes` (grown
+        // above), owned by `inner` (lock held), and no copy reads it (waited for above).
+        let staged =
+            unsafe { std::slice::from_raw_parts_mut(inner.staging.ptr().cast::<f32>(), src.len()) };
+        staged
+            .par_chunks_mut(1 << 16)
+            .zip(src.par_chunks(1 << 16))
+            .for_each(|(to, from)| to.copy_from_slice(from));
+        // SAFETY: dst holds src.len() f32 (checked); the staging stays untouched until
+        // finish_prefetch_copy has waited for this copy (prefetch_pending).
+        let st = unsafe {
+            ffi::anc_prefetch_upload(
+                inner.ctx,
+                dst.as_mut_ptr().cast(),
+                inner.staging.ptr().cast_const(),
+                bytes,
+            )
+        };
+        inner.prefetch_pending = true;
+        status::check(&st)
+    }
+
+    fn prefetch_join(&self) -> Result<()> {
+        // SAFETY: ctx is the engine's live context; the call does nothing before the first
+        // prefetch on the copy stream.
+        self.launch(|ctx| unsafe { ffi::anc_prefetch_join(ctx) })
     }
 
     fn download(&self, src: &DeviceBuffer, dst: &mut [f32]) -> Result<()> {
@@ -453,15 +593,17 @@ impl Engine for CudaEngine {
         b: &DeviceBuffer,
         y: &mut DeviceBuffer,
     ) -> Result<()> {
-        let plan = plan::conv_forward(s, self.budget(), x.len(), w.len(), b.len(), y.len())?;
+        let whole = self.conv_whole_chunk();
+        let plan = plan::conv_forward(s, self.budget(), whole, x.len(), w.len(), b.len(), y.len())?;
         let shape = conv_ffi(s);
         // SAFETY: x, w, b, y have the lengths the shape needs (checked) and the scratch holds
-        // plan.scratch_floats = anc_conv_scratch_floats(shape, chunk, 0) floats.
+        // plan.scratch_floats = anc_conv_scratch_floats(shape, chunk, whole) floats.
         self.launch_with_scratch(plan.scratch_floats, |ctx, scratch| unsafe {
             ffi::anc_conv_forward(
                 ctx,
                 &shape,
                 plan.chunk as i64,
+                whole as i32,
                 x.as_ptr(),
                 w.as_ptr(),
                 b.as_ptr(),
@@ -479,15 +621,17 @@ impl Engine for CudaEngine {
         w: &DeviceBuffer,
         dx: &mut DeviceBuffer,
     ) -> Result<()> {
-        let plan = plan::conv_backward_data(s, self.budget(), dy.len(), w.len(), dx.len())?;
+        let whole = self.conv_whole_chunk();
+        let plan = plan::conv_backward_data(s, self.budget(), whole, dy.len(), w.len(), dx.len())?;
         let shape = conv_ffi(s);
         // SAFETY: dy, w, dx have the lengths the shape needs (checked); the scratch holds the
-        // planned floats.
+        // planned floats (with dy channel-major when `whole`).
         self.launch_with_scratch(plan.scratch_floats, |ctx, scratch| unsafe {
             ffi::anc_conv_backward_data(
                 ctx,
                 &shape,
                 plan.chunk as i64,
+                whole as i32,
                 dy.as_ptr(),
                 w.as_ptr(),
                 dx.as_mut_ptr(),
@@ -569,9 +713,14 @@ impl Engine for CudaEngine {
             p.size,
             &[("x", x.len()), ("y", y.len()), ("scale", scale.len())],
         )?;
+        let kernel = if self.lrn_by_pixel() {
+            ffi::anc_lrn_forward_by_pixel
+        } else {
+            ffi::anc_lrn_forward
+        };
         // SAFETY: x, y, scale each hold s.len() f32 (checked); the geometry is valid (checked).
         self.launch(|ctx| unsafe {
-            ffi::anc_lrn_forward(
+            kernel(
                 ctx,
                 s.n as i64,
                 s.c as i64,
@@ -611,9 +760,14 @@ impl Engine for CudaEngine {
                 ("dx", dx.len()),
             ],
         )?;
+        let kernel = if self.lrn_by_pixel() {
+            ffi::anc_lrn_backward_by_pixel
+        } else {
+            ffi::anc_lrn_backward
+        };
         // SAFETY: all five buffers hold s.len() f32 (checked); the geometry is valid (checked).
         self.launch(|ctx| unsafe {
-            ffi::anc_lrn_backward(
+            kernel(
                 ctx,
                 s.n as i64,
                 s.c as i64,

@@ -35,19 +35,20 @@ pub struct ConvPlan {
     pub scratch_floats: usize,
 }
 
-/// Scratch floats one image needs: im2col (K x P), plus dy with images inside channels
-/// (Cout x P) for backward-weights. Must agree with `anc_conv_scratch_floats` in csrc/conv.cu.
-pub fn conv_floats_per_image(s: &ConvShape, backward_weights: bool) -> usize {
+/// Scratch floats one image needs: im2col (K x P), plus y or dy with images inside channels
+/// (Cout x P) when `channel_major` (backward-weights always; forward and backward-data as one
+/// GEMM over the whole chunk). Must agree with `anc_conv_scratch_floats` in csrc/conv.cu.
+pub fn conv_floats_per_image(s: &ConvShape, channel_major: bool) -> usize {
     let p = s.h_out() * s.w_out();
     let col = s.c_in * s.kh * s.kw * p;
-    let dyt = if backward_weights { s.c_out * p } else { 0 };
+    let dyt = if channel_major { s.c_out * p } else { 0 };
     col + dyt
 }
 
 /// The largest chunk of images whose scratch fits in `budget_floats` (at least one image, at most
 /// the batch).
-pub fn conv_plan(s: &ConvShape, budget_floats: usize, backward_weights: bool) -> ConvPlan {
-    let per_image = conv_floats_per_image(s, backward_weights).max(1);
+pub fn conv_plan(s: &ConvShape, budget_floats: usize, channel_major: bool) -> ConvPlan {
+    let per_image = conv_floats_per_image(s, channel_major).max(1);
     let chunk = (budget_floats / per_image).clamp(1, s.n.max(1));
     ConvPlan {
         chunk,
@@ -62,7 +63,7 @@ pub fn conv_geometry(
     op: &str,
     s: &ConvShape,
     budget: usize,
-    backward_weights: bool,
+    channel_major: bool,
 ) -> Result<ConvPlan> {
     s.validate(op)?;
     if s.c_in == 0 || s.c_out == 0 || s.kh == 0 || s.kw == 0 {
@@ -71,7 +72,7 @@ pub fn conv_geometry(
             format!("empty channels or kernel in {s:?}"),
         ));
     }
-    let plan = conv_plan(s, budget, backward_weights);
+    let plan = conv_plan(s, budget, channel_major);
     let p = s.h_out() * s.w_out();
     fits_int(op, "images per chunk x output positions", plan.chunk * p)?;
     fits_int(op, "input channels x kernel area", s.c_in * s.kh * s.kw)?;
@@ -85,17 +86,19 @@ pub fn conv_geometry(
     Ok(plan)
 }
 
-/// y[N,Cout,Ho,Wo] = conv(x, w) + b: lengths of x, w, b, y; the plan for `budget` scratch floats.
+/// y[N,Cout,Ho,Wo] = conv(x, w) + b: lengths of x, w, b, y; the plan for `budget` scratch floats
+/// (`whole_chunk`: one GEMM per group over the chunk, with y channel-major in the scratch).
 pub fn conv_forward(
     s: &ConvShape,
     budget: usize,
+    whole_chunk: bool,
     x: usize,
     w: usize,
     b: usize,
     y: usize,
 ) -> Result<ConvPlan> {
     const OP: &str = "conv_forward";
-    let plan = conv_geometry(OP, s, budget, false)?;
+    let plan = conv_geometry(OP, s, budget, whole_chunk)?;
     check_len(OP, "x", x, s.x_len())?;
     check_len(OP, "w", w, s.w_len())?;
     check_len(OP, "b", b, s.c_out)?;
@@ -103,16 +106,17 @@ pub fn conv_forward(
     Ok(plan)
 }
 
-/// dx = conv_transpose(dy, w): lengths of dy, w, dx.
+/// dx = conv_transpose(dy, w): lengths of dy, w, dx (`whole_chunk` as in [`conv_forward`]).
 pub fn conv_backward_data(
     s: &ConvShape,
     budget: usize,
+    whole_chunk: bool,
     dy: usize,
     w: usize,
     dx: usize,
 ) -> Result<ConvPlan> {
     const OP: &str = "conv_backward_data";
-    let plan = conv_geometry(OP, s, budget, false)?;
+    let plan = conv_geometry(OP, s, budget, whole_chunk)?;
     check_len(OP, "dy", dy, s.y_len())?;
     check_len(OP, "w", w, s.w_len())?;
     check_len(OP, "dx", dx, s.x_len())?;
