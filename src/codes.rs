@@ -49,8 +49,9 @@ pub struct CodesArgs {
     /// Hidden units on each side of the code layer.
     #[arg(long, default_value_t = 512, value_parser = crate::settings::count_in(1, 16384))]
     pub code_hidden: usize,
-    /// Passes over the searched split's features while training the auto-encoder.
-    #[arg(long, default_value_t = 30, value_parser = crate::settings::count_in(1, 100_000))]
+    /// Passes over the searched split's features while training the auto-encoder (on CIFAR-10
+    /// features the error stops falling after about 5).
+    #[arg(long, default_value_t = 10, value_parser = crate::settings::count_in(1, 100_000))]
     pub code_epochs: usize,
     /// Feature vectors per auto-encoder step.
     #[arg(long, default_value_t = 64, value_parser = crate::settings::count_in(1, 65536))]
@@ -69,7 +70,7 @@ pub struct CodesArgs {
     /// Query images, evenly spaced over --code-query-split (all of it when it has fewer).
     #[arg(long, default_value_t = 1000, value_parser = crate::settings::count_in(1, 1_000_000))]
     pub code_queries: usize,
-    /// The k of each precision@k reported.
+    /// The k of each precision@k reported, comma-separated.
     #[arg(long, value_delimiter = ',', default_values_t = [1, 10, 50], value_parser = crate::settings::count_in(1, 100_000))]
     pub precision_at: Vec<usize>,
     /// Seed of the auto-encoder's initial weights, batch order and noise.
