@@ -642,7 +642,15 @@ one GEMM of the queries against each block of the feature matrix.\n\nDraws one r
 (the query, then its neighbours nearest first, each with its class and distance) and writes the \
 neighbours, their dataset indices, source files, classes and distances to a JSON beside the PNG. \
 With --features FILE the dataset's features come from `alexnet-cli features` instead of being \
-computed (which holds them all in memory: 16 KB per image for 4096-d features).";
+computed (which holds them all in memory: 16 KB per image for 4096-d features).\n\nWith \
+--codes BITS it also tries the paper's proposal for faster retrieval (Section 6.1): an \
+auto-encoder trained on the split's feature vectors compresses each to BITS bits (a logistic \
+code layer thresholded at 0.5, as in Krizhevsky & Hinton 2011), searched by Hamming distance. \
+Labelled images of --code-query-split (val) query the split three ways: Hamming over the codes, \
+Euclidean over the features, Euclidean over the raw pixels (32x32). It prints precision@k for \
+each (the fraction of the k results with the query's label, averaged over queries) and the \
+Hamming search's speedup over the Euclidean GEMM search, and writes them to the JSON. --query \
+is optional with --codes (no figure without it).";
 
 /// `alexnet-cli neighbours`: Figure 4, right.
 #[derive(clap::Args, Debug, Clone)]
@@ -650,8 +658,8 @@ pub struct NeighboursArgs {
     /// The checkpoint whose features define the distance, and the images to search.
     #[command(flatten)]
     pub input: ModelOverData,
-    /// Query image files (any format the `image` crate decodes).
-    #[arg(long, required = true, num_args = 1..)]
+    /// Query image files (any format the `image` crate decodes); optional with --codes.
+    #[arg(long, required_unless_present = "codes", num_args = 1..)]
     pub query: Vec<PathBuf>,
     /// Neighbours per query.
     #[arg(short, long, default_value_t = 6, value_parser = crate::settings::count_in(1, 1000))]
@@ -662,6 +670,9 @@ pub struct NeighboursArgs {
     /// The dataset's features from `alexnet-cli features` (same checkpoint, data and split).
     #[arg(long, value_name = "FILE")]
     pub features: Option<PathBuf>,
+    /// Binary codes compared with the features (Section 6.1's proposal).
+    #[command(flatten)]
+    pub codes: crate::codes::CodesArgs,
 }
 
 /// One query's answer.
@@ -690,8 +701,11 @@ pub struct NeighboursReport {
     pub layer: String,
     pub images_searched: usize,
     pub search_seconds: f64,
-    pub png: PathBuf,
+    /// The figure (none without --query).
+    pub png: Option<PathBuf>,
     pub queries: Vec<QueryResult>,
+    /// Binary codes against features and pixels (with --codes).
+    pub codes: Option<crate::codes::CodesReport>,
 }
 
 impl NeighboursArgs {
@@ -723,9 +737,26 @@ impl NeighboursArgs {
                 (Cow::Owned(db), labels)
             }
         };
+        let codes = match self.codes.codes {
+            Some(_) => Some(crate::codes::compare(
+                e,
+                &mut model,
+                &layer,
+                &stats,
+                &db,
+                &labels,
+                &ds,
+                &self.input,
+                &self.codes,
+            )?),
+            None => None,
+        };
         let queries = self.query_features(e, &mut model, &layer, &stats)?;
         let t0 = std::time::Instant::now();
-        let found = nearest(&db, layer.dim, &queries, self.k)?;
+        let found = match queries.is_empty() {
+            true => Vec::new(),
+            false => nearest(&db, layer.dim, &queries, self.k)?,
+        };
         let search_seconds = t0.elapsed().as_secs_f64();
         let (names, paths) = (ds.class_names(), ds.source_paths());
         let results: Vec<QueryResult> = self
@@ -746,7 +777,10 @@ impl NeighboursArgs {
                     .collect(),
             })
             .collect();
-        draw_neighbours(&results, &ds, stats.side, &self.out)?;
+        let png = (!results.is_empty()).then(|| self.out.clone());
+        if png.is_some() {
+            draw_neighbours(&results, &ds, stats.side, &self.out)?;
+        }
         let report = NeighboursReport {
             checkpoint: self.input.checkpoint.clone(),
             data: self.input.data.clone(),
@@ -754,8 +788,9 @@ impl NeighboursArgs {
             layer: layer.description,
             images_searched: ds.len(),
             search_seconds,
-            png: self.out.clone(),
+            png,
             queries: results,
+            codes,
         };
         crate::figures::write_json(&self.out.with_extension("json"), &report)?;
         Ok(report)
@@ -818,6 +853,9 @@ impl NeighboursArgs {
     ) -> Result<Vec<f32>> {
         let crop = model.cfg.input_size;
         let crop_len = 3 * crop * crop;
+        if self.query.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut crops = vec![0.0f32; self.query.len() * crop_len];
         for (path, out) in self.query.iter().zip(crops.chunks_mut(crop_len)) {
             let px = crate::data::load_image_file(path, stats.side)?;

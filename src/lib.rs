@@ -7,6 +7,7 @@
 pub mod arch;
 pub mod bench;
 pub mod checkpoint;
+pub mod codes;
 pub mod data;
 pub mod data_parallel;
 pub mod dist;

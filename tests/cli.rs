@@ -123,6 +123,15 @@ fn every_numeric_flag_is_range_checked_before_any_work() {
         empty.to_str().unwrap().into(),
         tmp.path().join("out").to_str().unwrap().into(),
     ];
+    let neighbours = vec![
+        "neighbours".to_string(),
+        "--checkpoint".into(),
+        tmp.path().join("none.safetensors").to_str().unwrap().into(),
+        "--data".into(),
+        empty.to_str().unwrap().into(),
+        "--query".into(),
+        "q.png".into(),
+    ];
     type Range = (&'static str, f64, Option<f64>, bool);
     let cases: Vec<(&Vec<String>, Vec<Range>)> = vec![
         (
@@ -164,6 +173,19 @@ fn every_numeric_flag_is_range_checked_before_any_work() {
             vec![
                 ("--classes", 2.0, Some(1048576.0), true),
                 ("--input-size", 1.0, Some(65536.0), true),
+            ],
+        ),
+        (
+            &neighbours,
+            vec![
+                ("--codes", 8.0, Some(1024.0), true),
+                ("--code-hidden", 1.0, Some(16384.0), true),
+                ("--code-epochs", 1.0, Some(100000.0), true),
+                ("--code-batch", 1.0, Some(65536.0), true),
+                ("--code-lr", 1e-30, None, false),
+                ("--code-noise", 0.0, None, false),
+                ("--code-queries", 1.0, Some(1000000.0), true),
+                ("--precision-at", 1.0, Some(100000.0), true),
             ],
         ),
         (

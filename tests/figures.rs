@@ -346,6 +346,7 @@ fn features_are_fc7_after_relu_and_neighbours_find_the_query_itself() {
         k: 3,
         out: png.clone(),
         features,
+        codes: no_codes(),
     };
     let report = args(None).run(&e).unwrap();
     let first = report.queries[0].neighbours[0].clone();
@@ -366,6 +367,8 @@ fn features_are_fc7_after_relu_and_neighbours_find_the_query_itself() {
     let (w, h) = alexnet::features::neighbours_figure_size(2, 3);
     assert_eq!(img.dimensions(), (w as u32, h as u32));
     assert!(png.with_extension("json").exists());
+    assert_eq!(report.png.as_deref(), Some(png.as_path()));
+    assert!(report.codes.is_none());
 
     // From the features file: the same answer.
     let stored = args(Some(out.clone())).run(&e).unwrap();
@@ -384,6 +387,16 @@ fn features_are_fc7_after_relu_and_neighbours_find_the_query_itself() {
         .map(|e| e.to_string())
         .unwrap_or_default();
     assert!(err.contains("val"), "{err}");
+}
+
+/// `neighbours` without `--codes` (its flags' defaults).
+fn no_codes() -> alexnet::codes::CodesArgs {
+    #[derive(Parser)]
+    struct CodesCli {
+        #[command(flatten)]
+        args: alexnet::codes::CodesArgs,
+    }
+    CodesCli::parse_from(["codes"]).args
 }
 
 #[test]

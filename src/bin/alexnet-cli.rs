@@ -714,12 +714,18 @@ fn run(cli: Cli) -> Result<()> {
                     );
                 }
             }
-            println!(
-                "searched {} images in {:.3} s; wrote {} and its .json",
-                r.images_searched,
-                r.search_seconds,
-                r.png.display()
-            );
+            if let Some(codes) = &r.codes {
+                print!("{}", codes.table());
+            }
+            match &r.png {
+                Some(png) => println!(
+                    "searched {} images in {:.3} s; wrote {} and its .json",
+                    r.images_searched,
+                    r.search_seconds,
+                    png.display()
+                ),
+                None => println!("wrote {}", args.out.with_extension("json").display()),
+            }
             Ok(())
         }),
         Command::BenchLoader { workers, seconds } => {
