@@ -47,21 +47,33 @@ fn sgemm_kernels() {
         "sgemm_blis.inc",
         "sgemm_avx2.c",
         "sgemm_avx512.c",
+        "winograd.h",
+        "winograd_avx2.c",
     ] {
         println!("cargo:rerun-if-changed=csrc/{f}");
     }
     if std::env::var("CARGO_CFG_TARGET_ARCH").as_deref() != Ok("x86_64") {
         return;
     }
-    // (file, library, MSVC flag, GCC/Clang flags)
+    // (instruction set, its files, MSVC flag, GCC/Clang flags)
     let kernels = [
-        ("avx2", "/arch:AVX2", &["-mavx2", "-mfma"][..]),
-        ("avx512", "/arch:AVX512", &["-mavx512f", "-mfma"][..]),
+        (
+            "avx2",
+            &["sgemm_avx2.c", "winograd_avx2.c"][..],
+            "/arch:AVX2",
+            &["-mavx2", "-mfma"][..],
+        ),
+        (
+            "avx512",
+            &["sgemm_avx512.c"][..],
+            "/arch:AVX512",
+            &["-mavx512f", "-mfma"][..],
+        ),
     ];
-    for (isa, msvc_flag, gnu_flags) in kernels {
+    for (isa, files, msvc_flag, gnu_flags) in kernels {
         let mut build = cc::Build::new();
         build
-            .file(format!("csrc/sgemm_{isa}.c"))
+            .files(files.iter().map(|f| format!("csrc/{f}")))
             .include("csrc")
             // Whatever the cargo profile: the kernel is the point of this library.
             .opt_level(3)
@@ -74,7 +86,7 @@ fn sgemm_kernels() {
                 build.flag(f);
             }
         }
-        build.compile(&format!("alexnet_sgemm_{isa}"));
+        build.compile(&format!("alexnet_cpu_{isa}"));
     }
 }
 

@@ -16,8 +16,9 @@ pub struct Footprint {
     /// Activations, their gradients, LRN scales, probabilities and the prefetched input, per
     /// image of a batch.
     pub per_image: u64,
-    /// The CPU engine's per-thread convolution scratch (im2col of one image of the largest
-    /// convolution, and its weight-gradient partial sums).
+    /// The CPU engine's per-thread convolution scratch for the largest convolution (im2col of
+    /// one image and its weight-gradient partial sums, or Winograd's transformed tiles and
+    /// filters, whichever is larger).
     pub per_thread: u64,
     /// One input image as the loader hands it over (f32).
     pub input_image: u64,
@@ -52,8 +53,7 @@ impl Footprint {
                 _ => 2 * out,
             };
             if let Some(c) = p.conv {
-                let col = (c.c_in / c.groups * c.kh * c.kw * c.h_out() * c.w_out()) as u64;
-                per_thread = per_thread.max(col + p.params);
+                per_thread = per_thread.max(crate::engine::cpu::conv_scratch_floats(&c) as u64);
             }
         }
         per_image += cfg.classes as u64;

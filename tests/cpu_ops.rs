@@ -1,11 +1,11 @@
 //! The CPU engine against the f64 oracle: every suite of `common::ops_suite`, with 1 thread and
 //! with 2 (which switches convolution, the fully connected layers, LRN and pooling to their split
 //! code paths: runs of images, column blocks, plane ranges, and for single images the two-phase
-//! split inside one image).
+//! split inside one image), and the convolutions with both algorithms (Winograd, im2col).
 
 mod common;
 
-use alexnet::engine::cpu::CpuEngine;
+use alexnet::engine::cpu::{ConvAlgorithm, CpuEngine};
 use common::ops_suite::{self as suite, Tol};
 
 /// Dot products of length K in f32 (convolution K = Cin/g*kh*kw up to 1728 here, fully connected
@@ -14,6 +14,18 @@ use common::ops_suite::{self as suite, Tol};
 /// eps32 = 6e-8), i.e. ~4e-6 at K = 4096, and the largest of ~10^5 outputs is a few times that.
 /// 5e-5 absolute is 10x that worst case; rel 1e-5 covers the few outputs larger than O(1).
 const GEMM: Tol = Tol {
+    rel: 1e-5,
+    abs: 5e-5,
+};
+
+/// Winograd convolution (the engine's default for stride-1 3x3 and 5x5 shapes on AVX2 CPUs):
+/// the same dot products, but formed in the transformed domain, where every value is a
+/// combination of up to alpha^2 = 36 or 49 inputs with coefficients up to 8 (F(4x4,3x3)'s A^T
+/// row 0 1 -1 8 -8 1, B^T's 4 -5 ..., F(3x3,5x5)'s B^T up to 6): the f32 roundings of the
+/// GEMM's K-term sums come back through A^T (and, for the weight gradient, G^T) amplified about
+/// tenfold. Measured on this suite: 1.2e-5 at worst (F(3x3,5x5)'s weight gradient; im2col:
+/// 1e-6); 5e-5 absolute leaves 4x margin over that, and the relative part is the GEMM's.
+const WINOGRAD: Tol = Tol {
     rel: 1e-5,
     abs: 5e-5,
 };
@@ -90,11 +102,40 @@ macro_rules! both {
     };
 }
 
-both!(conv_forward, |e| suite::conv_forward(&e, GEMM));
-both!(conv_backward_data, |e| suite::conv_backward_data(&e, GEMM));
-both!(conv_backward_weights, |e| suite::conv_backward_weights(
-    &e, GEMM
-));
+/// Runs a convolution suite with each algorithm (Winograd, the default, and im2col for every
+/// shape), each with 1 and 2 threads, as four tests.
+macro_rules! conv {
+    ($name:ident, $suite:path) => {
+        mod $name {
+            use super::*;
+            fn im2col(threads: usize) -> CpuEngine {
+                CpuEngine::new(threads)
+                    .unwrap()
+                    .with_conv(ConvAlgorithm::Im2col)
+            }
+            #[test]
+            fn winograd_one_thread() {
+                $suite(&CpuEngine::new(1).unwrap(), WINOGRAD)
+            }
+            #[test]
+            fn winograd_two_threads() {
+                $suite(&CpuEngine::new(2).unwrap(), WINOGRAD)
+            }
+            #[test]
+            fn im2col_one_thread() {
+                $suite(&im2col(1), GEMM)
+            }
+            #[test]
+            fn im2col_two_threads() {
+                $suite(&im2col(2), GEMM)
+            }
+        }
+    };
+}
+
+conv!(conv_forward, suite::conv_forward);
+conv!(conv_backward_data, suite::conv_backward_data);
+conv!(conv_backward_weights, suite::conv_backward_weights);
 both!(fc_forward, |e| suite::fc_forward(&e, GEMM));
 both!(fc_backward, |e| suite::fc_backward(&e, GEMM));
 both!(lrn_forward, |e| suite::lrn_forward(&e, LRN));

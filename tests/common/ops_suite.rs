@@ -111,9 +111,9 @@ fn assert_shape_err<T: std::fmt::Debug>(what: &str, r: alexnet::Result<T>) {
 // ---------------------------------------------------------------------------------------------
 
 /// Odd and non-square sizes, stride > 1, padding (also wider than a 1x1 kernel), groups = 2,
-/// batches that split evenly and unevenly over threads, one image, and an AlexNet-like layer
-/// (conv5's kernel and channels per group, K = 1728, at 13x13 on 2 images) that is still cheap
-/// for the f64 reference.
+/// batches that split evenly and unevenly over threads, one image, and AlexNet-like layers
+/// (conv5's kernel and channels per group, K = 1728, at 13x13 on 2 images; conv2's 5x5 pad 2
+/// groups 2) that are still cheap for the f64 reference.
 pub fn conv_shapes() -> Vec<ConvShape> {
     let c = |n, c_in, h, w, c_out, kh, kw, stride, pad, groups| ConvShape {
         n,
@@ -140,6 +140,9 @@ pub fn conv_shapes() -> Vec<ConvShape> {
         c(1, 2, 3, 4, 2, 5, 5, 1, 2, 1),
         c(2, 3, 5, 6, 4, 3, 5, 1, 2, 1),
         c(2, 384, 13, 13, 64, 3, 3, 1, 1, 2),
+        // conv2's kind (5x5 pad 2, groups 2) on a map of 4 x 4 Winograd 3x3 tiles and 3 images
+        // (an odd run of units per thread)
+        c(3, 32, 12, 12, 16, 5, 5, 1, 2, 2),
     ]
 }
 

@@ -1,4 +1,5 @@
-//! Convolution as im2col + GEMM, one GEMM per (image, group) "unit".
+//! Convolution as im2col + GEMM, one GEMM per (image, group) "unit"; the shapes a Winograd tile
+//! computes go to `winograd` instead (unless the engine is set to im2col).
 //!
 //! Per unit, with K = Cin/g * kh * kw and P = Ho * Wo:
 //! - forward:          y[Cout/g, P] = w_g[Cout/g, K] · col[K, P] (+ bias)
@@ -15,7 +16,8 @@
 use std::ops::Range;
 
 use super::gemm::{gemm, par_gemm_rows, MatMut, MatRef};
-use super::{grown, split_mut, split_ranges, CpuEngine};
+use super::winograd::{self, Plan};
+use super::{grown, split_mut, split_ranges, ConvAlgorithm, CpuEngine};
 use crate::engine::{check_len, ConvShape};
 use crate::error::Result;
 
@@ -63,6 +65,12 @@ impl Geo {
     /// imbalance of one unit no longer matters.
     fn split_units(&self, threads: usize) -> bool {
         self.units.is_multiple_of(threads) || self.units >= 4 * threads
+    }
+
+    /// Whether this engine computes the convolution with Winograd tiles: asked for, a batch
+    /// split into runs of units, and a shape a tile computes (see `winograd::Plan`).
+    fn winograd(&self, eng: &CpuEngine) -> bool {
+        eng.conv_algorithm() == ConvAlgorithm::Winograd && self.split_units(eng.threads())
     }
 
     /// `w_g`, group g's `[Cout/g, K]` block of the weights.
@@ -227,7 +235,7 @@ fn valid_out(tap: usize, stride: usize, pad: usize, in_len: usize, out_len: usiz
 }
 
 /// Sum of a slice, accumulated in f64 over 8 lanes (bias gradients sum up to N*Ho*Wo terms).
-fn sum(v: &[f32]) -> f64 {
+pub(super) fn sum(v: &[f32]) -> f64 {
     let mut acc = [0.0f64; 8];
     let chunks = v.chunks_exact(8);
     let tail: f64 = chunks.remainder().iter().map(|&x| x as f64).sum();
@@ -254,6 +262,9 @@ pub(super) fn forward(
     check_len(OP, "w", w.len(), s.w_len())?;
     check_len(OP, "b", b.len(), s.c_out)?;
     check_len(OP, "y", y.len(), s.y_len())?;
+    if let Some(plan) = Plan::forward(s).filter(|_| g.winograd(eng)) {
+        return winograd::forward(eng, &plan, x, w, b, y);
+    }
     let (x_unit, y_unit) = (g.cig * g.hw, g.cog * g.p);
     let add_bias = |y: &mut [f32], bias: &[f32]| {
         for (row, &bo) in y.chunks_exact_mut(g.p).zip(bias) {
@@ -308,6 +319,9 @@ pub(super) fn backward_data(
     check_len(OP, "dy", dy.len(), s.y_len())?;
     check_len(OP, "w", w.len(), s.w_len())?;
     check_len(OP, "dx", dx.len(), s.x_len())?;
+    if let Some(plan) = Plan::backward_data(s).filter(|_| g.winograd(eng)) {
+        return winograd::backward_data(eng, &plan, dy, w, dx);
+    }
     let (x_unit, y_unit) = (g.cig * g.hw, g.cog * g.p);
 
     if g.split_units(eng.threads()) {
@@ -358,6 +372,9 @@ pub(super) fn backward_weights(
     check_len(OP, "dy", dy.len(), s.y_len())?;
     check_len(OP, "dw", dw.len(), s.w_len())?;
     check_len(OP, "db", db.len(), s.c_out)?;
+    if let Some(plan) = Plan::forward(s).filter(|_| g.winograd(eng)) {
+        return winograd::backward_weights(eng, &plan, x, dy, dw, db);
+    }
     let (x_unit, y_unit, w_group) = (g.cig * g.hw, g.cog * g.p, g.cog * g.k);
 
     if g.split_units(eng.threads()) {
@@ -384,24 +401,7 @@ pub(super) fn backward_weights(
             }
             Ok(())
         })?;
-        // Sum the parts' partials: in parallel over chunks of [dw | db].
-        let partials: Vec<_> = (0..ranges.len()).map(|i| eng.scratch(i)).collect();
-        let sum_into = |out: &mut [f32], offset: usize| {
-            out.copy_from_slice(&partials[0].acc[offset..offset + out.len()]);
-            for p in &partials[1..] {
-                for (o, v) in out.iter_mut().zip(&p.acc[offset..]) {
-                    *o += v;
-                }
-            }
-        };
-        let chunks = split_ranges(dw.len(), eng.threads());
-        let parts = split_mut(dw, &chunks, 1);
-        eng.run_parts(parts, |_, (r, out)| {
-            sum_into(out, r.start);
-            Ok(())
-        })?;
-        sum_into(db, s.w_len());
-        return Ok(());
+        return eng.sum_partials(ranges.len(), dw, db);
     }
 
     let mut scratch = eng.scratch(0);

@@ -28,11 +28,21 @@ pub(crate) enum Backend {
     MatrixMultiply,
 }
 
-/// Made only by [`Backend::avx2`], after it found AVX2 and FMA (its field is private to this
-/// module), so a `Backend::Avx2` cannot be named on a CPU that lacks them.
+/// Made only by [`HasAvx2Fma::detect`], after it found AVX2 and FMA (its field is private to
+/// this module), so a `Backend::Avx2` (or a call of the AVX2 Winograd transforms) cannot be
+/// named on a CPU that lacks them.
 #[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct HasAvx2Fma(());
+
+#[cfg(target_arch = "x86_64")]
+impl HasAvx2Fma {
+    /// The proof, if this CPU has AVX2 and FMA.
+    pub(crate) fn detect() -> Option<HasAvx2Fma> {
+        (is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
+            .then_some(HasAvx2Fma(()))
+    }
+}
 
 /// Made only by [`Backend::avx512`], after it found AVX-512F and FMA; as [`HasAvx2Fma`].
 #[cfg(target_arch = "x86_64")]
@@ -43,9 +53,8 @@ impl Backend {
     /// The AVX2 kernel if this CPU can run it, else `None`.
     pub(crate) fn avx2() -> Option<Backend> {
         #[cfg(target_arch = "x86_64")]
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-            return Some(Backend::Avx2(HasAvx2Fma(())));
-        }
+        return HasAvx2Fma::detect().map(Backend::Avx2);
+        #[cfg(not(target_arch = "x86_64"))]
         None
     }
 
