@@ -1,8 +1,9 @@
-/* The hot transforms of the CPU engine's Winograd convolution (src/engine/cpu/winograd.rs, which
- * holds the algorithm, the filter transforms and the GEMMs between these): input tiles to the
- * transformed domain, transformed products back to output tiles, and output-tile gradients to the
- * transformed domain, each for one unit (one image's planes of one group), on 8 consecutive
- * tiles at once (one AVX2 register per transformed value; a register may span tile rows).
+/* The transforms of the CPU engine's Winograd convolution (src/engine/cpu/winograd.rs holds the
+ * algorithm and the GEMMs between these): input tiles to the transformed domain, transformed
+ * products back to output tiles, and output-tile gradients to the transformed domain, each for
+ * one unit (one image's planes of one group), on 8 consecutive tiles at once (one AVX2 register
+ * per transformed value; a register may span tile rows); and filters to the transformed domain
+ * and the transformed weight gradient back, for one output channel, 8 filters per register.
  *
  * Layouts: planes are row-major; the transformed arrays V, M and Q are [channels][alpha^2][stride]
  * with the unit's tiles at columns t0 .. t0 + th*tw (tile (ty, tx) at t0 + ty*tw + tx). The
@@ -41,6 +42,12 @@ void alexnet_wino_gradient(int tile, const AlexnetWinoGeo *g, const float *dy, f
  * dropping the outputs past the edge. */
 void alexnet_wino_output(int tile, const AlexnetWinoGeo *g, const float *m, size_t ms, size_t t0,
                          const float *bias, float *y, float *pad);
+
+/* u[xi][i] = (G f_i G^T)[xi] for the cin r x r filters f_i of one output channel, tap (a, b) of
+ * f_i at w[i*is + a*r + b] (flip: at w[i*is + (r-1-a)*r + r-1-b], rotated by 180 degrees). */
+void alexnet_wino_filters(int tile, const float *w, size_t is, int flip, size_t cin, float *u);
+/* dw[i][a][b] = (G^T dU_i G)(a, b) from du[xi][i], for the cin filters of one output channel. */
+void alexnet_wino_filter_grads(int tile, const float *du, size_t cin, float *dw);
 
 #ifdef __cplusplus
 }

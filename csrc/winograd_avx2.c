@@ -1,4 +1,4 @@
-/* The Winograd convolution's hot transforms with AVX2 + FMA (see winograd.h): each transform is
+/* The Winograd convolution's transforms with AVX2 + FMA (see winograd.h): each transform is
  * L p L^T on an alpha x alpha (or m x m) block of registers, 8 tiles per register. The tiles'
  * matrices are constants here, and every loop below has a constant trip count once the generic
  * function is inlined into its tile's instance, so the compiler unrolls the products, drops the
@@ -33,11 +33,28 @@ static const float BT_F4X3[6 * 6] = {
     0, 2, -1, -2, 1, 0,
     0, 4, 0, -5, 0, 1,
 };
+static const float G_F4X3[6 * 3] = {
+    1.0f / 4, 0, 0,
+    -1.0f / 6, -1.0f / 6, -1.0f / 6,
+    -1.0f / 6, 1.0f / 6, -1.0f / 6,
+    1.0f / 24, 1.0f / 12, 1.0f / 6,
+    1.0f / 24, -1.0f / 12, 1.0f / 6,
+    0, 0, 1,
+};
 /* F(3x3, 5x5), points 0, +-1, +-2, 1/2, inf. */
 static const float AT_F3X5[3 * 7] = {
     1, 1, 1, 1, 1, 1, 0,
     0, 1, -1, 2, -2, 0.5f, 0,
     0, 1, 1, 4, 4, 0.25f, 1,
+};
+static const float G_F3X5[7 * 5] = {
+    -1.0f / 2, 0, 0, 0, 0,
+    -1.0f / 3, -1.0f / 3, -1.0f / 3, -1.0f / 3, -1.0f / 3,
+    1.0f / 9, -1.0f / 9, 1.0f / 9, -1.0f / 9, 1.0f / 9,
+    1.0f / 36, 1.0f / 18, 1.0f / 9, 2.0f / 9, 4.0f / 9,
+    -1.0f / 60, 1.0f / 30, -1.0f / 15, 2.0f / 15, -4.0f / 15,
+    32.0f / 45, 16.0f / 45, 8.0f / 45, 4.0f / 45, 2.0f / 45,
+    0, 0, 0, 0, 1,
 };
 static const float BT_F3X5[7 * 7] = {
     -2, 4, 2.5f, -5, -0.5f, 1, 0,
@@ -189,6 +206,74 @@ INLINE void output_tiles(const int M, const int A, const float *at, const Alexne
         float *plane = y + k * g->ho * g->wo;
         for (size_t oy = 0; oy < g->ho; ++oy)
             for (size_t ox = 0; ox < g->wo; ++ox) plane[oy * g->wo + ox] = pb[oy * pw + ox];
+    }
+}
+
+/* u[xi][i] = (G f_i G^T)[xi] for the cin filters f_i of one output channel: tap (a, b) of f_i at
+ * w[i * is + a * R + b], or at w[i * is + (R-1-a) * R + (R-1-b)] when flip (rotated by 180
+ * degrees); 8 filters per register. */
+INLINE void filter_tiles(const int R, const int A, const float *g, const float *w, size_t is,
+                         int flip, size_t cin, float *u) {
+    _Alignas(32) float d[LANES];
+    __m256 p[MAX_ALPHA * MAX_ALPHA], out[MAX_ALPHA * MAX_ALPHA];
+    for (size_t i0 = 0; i0 < cin; i0 += LANES) {
+        const size_t lanes = cin - i0 < LANES ? cin - i0 : LANES;
+        for (int a = 0; a < R; ++a)
+            for (int b = 0; b < R; ++b) {
+                const size_t tap = flip ? (size_t)((R - 1 - a) * R + R - 1 - b) : (size_t)(a * R + b);
+                for (size_t l = 0; l < LANES; ++l) d[l] = l < lanes ? w[(i0 + l) * is + tap] : 0.0f;
+                p[a * R + b] = _mm256_load_ps(d);
+            }
+        sandwich(A, R, g, R, 1, p, out);
+        for (int xi = 0; xi < A * A; ++xi) {
+            float *dst = u + xi * cin + i0;
+            if (lanes == LANES) {
+                _mm256_storeu_ps(dst, out[xi]);
+            } else {
+                _mm256_store_ps(d, out[xi]);
+                for (size_t l = 0; l < lanes; ++l) dst[l] = d[l];
+            }
+        }
+    }
+}
+
+/* dw[i][a][b] = (G^T dU_i G)(a, b) for the cin input channels of one output channel, from
+ * du[xi][i]. */
+INLINE void filter_grads(const int R, const int A, const float *g, const float *du, size_t cin,
+                         float *dw) {
+    _Alignas(32) float d[LANES];
+    __m256 p[MAX_ALPHA * MAX_ALPHA], out[MAX_ALPHA * MAX_ALPHA];
+    for (size_t i0 = 0; i0 < cin; i0 += LANES) {
+        const size_t lanes = cin - i0 < LANES ? cin - i0 : LANES;
+        for (int xi = 0; xi < A * A; ++xi) {
+            const float *src = du + xi * cin + i0;
+            if (lanes == LANES) {
+                p[xi] = _mm256_loadu_ps(src);
+            } else {
+                for (size_t l = 0; l < LANES; ++l) d[l] = l < lanes ? src[l] : 0.0f;
+                p[xi] = _mm256_load_ps(d);
+            }
+        }
+        /* G^T (R x A): G^T(a, x) = g[x * R + a]. */
+        sandwich(R, A, g, 1, R, p, out);
+        for (int tap = 0; tap < R * R; ++tap) {
+            _mm256_store_ps(d, out[tap]);
+            for (size_t l = 0; l < lanes; ++l) dw[(i0 + l) * R * R + tap] = d[l];
+        }
+    }
+}
+
+void alexnet_wino_filters(int tile, const float *w, size_t is, int flip, size_t cin, float *u) {
+    switch (tile) {
+    case ALEXNET_WINO_F4X3: filter_tiles(3, 6, G_F4X3, w, is, flip, cin, u); break;
+    case ALEXNET_WINO_F3X5: filter_tiles(5, 7, G_F3X5, w, is, flip, cin, u); break;
+    }
+}
+
+void alexnet_wino_filter_grads(int tile, const float *du, size_t cin, float *dw) {
+    switch (tile) {
+    case ALEXNET_WINO_F4X3: filter_grads(3, 6, G_F4X3, du, cin, dw); break;
+    case ALEXNET_WINO_F3X5: filter_grads(5, 7, G_F3X5, du, cin, dw); break;
     }
 }
 

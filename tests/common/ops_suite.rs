@@ -141,8 +141,11 @@ pub fn conv_shapes() -> Vec<ConvShape> {
         c(2, 3, 5, 6, 4, 3, 5, 1, 2, 1),
         c(2, 384, 13, 13, 64, 3, 3, 1, 1, 2),
         // conv2's kind (5x5 pad 2, groups 2) on a map of 4 x 4 Winograd 3x3 tiles and 3 images
-        // (an odd run of units per thread)
+        // (an odd run of units per thread), and 3x3 convolutions on batches the CPU engine
+        // computes with Winograd tiles (4 and 5 images, grouped, odd maps)
         c(3, 32, 12, 12, 16, 5, 5, 1, 2, 2),
+        c(4, 24, 9, 11, 16, 3, 3, 1, 1, 2),
+        c(5, 8, 13, 13, 12, 3, 3, 1, 0, 1),
     ]
 }
 

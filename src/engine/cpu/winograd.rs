@@ -21,12 +21,14 @@
 //!   `Q = A dy A^T` (each output tile's gradient), one GEMM per ξ over all the tiles of the
 //!   batch, and `dw = G^T dU G`.
 //!
-//! The hot transforms (input tiles, output tiles, output-tile gradients) are AVX2 code in
-//! `csrc/winograd_avx2.c`, 8 consecutive tiles per register, with each tile's matrices as
-//! constants (so its zeros and ones cost nothing), reading each plane from a zero-padded copy
-//! (no bounds checks per load); outputs past the map's edge are dropped. The transformed arrays
-//! are `[channels][ξ][tiles]`, so one tile's alpha^2 values land in nearby rows. Without AVX2 and
-//! FMA the engine uses im2col. The filter transforms, once per call, are here. Every GEMM is single-threaded; the engine's
+//! The transforms are AVX2 code in `csrc/winograd_avx2.c`, with each tile's matrices as
+//! constants (so its zeros and ones cost nothing): input tiles, output tiles and output-tile
+//! gradients 8 consecutive tiles per register, each plane read from a zero-padded copy (no
+//! bounds checks per load), outputs past the map's edge dropped; filters and their gradients
+//! 8 input channels per register, once per call, in parallel over output channels. The
+//! transformed arrays are `[channels][ξ][tiles]` and the transformed filters `[cout][ξ][cin]`,
+//! so one tile's (or filter's) alpha^2 values land in nearby rows. Without AVX2 and FMA the
+//! engine uses im2col. Every GEMM is single-threaded; the engine's
 //! threads take contiguous runs of (image, group) units as im2col does, each with its own
 //! scratch, and the weight gradient's per-thread partial sums are added in a fixed order, so
 //! results depend on the thread count only (exact resume).
@@ -46,15 +48,13 @@ use crate::error::{Error, Result};
 
 /// Tiles transformed together: the SIMD width of the transforms' inner loops.
 const LANES: usize = 8;
-/// The largest alpha of the tiles below.
-const MAX_ALPHA: usize = 7;
 /// Tiles per GEMM column block: images are taken in chunks of about this many tiles, so each
 /// ξ's GEMM has enough columns to amortise packing while V and M stay a few MB.
 const TILES_PER_CHUNK: usize = 256;
 
-/// A minimal filtering algorithm F(m x m, r x r). Its filter transform G is here; its input and
-/// output transforms B^T and A^T are constants of `csrc/winograd_avx2.c` (and of this file's
-/// tests, which check the three against each other and the C transforms against them).
+/// A minimal filtering algorithm F(m x m, r x r). Its matrices A^T, G and B^T are constants of
+/// `csrc/winograd_avx2.c` (and of this file's tests, which check the three against each other and
+/// the C transforms against them).
 #[derive(Debug)]
 pub struct Tile {
     pub name: &'static str,
@@ -63,8 +63,9 @@ pub struct Tile {
     pub m: usize,
     pub r: usize,
     pub alpha: usize,
-    /// G (alpha x r, row-major): filters to the transformed domain.
-    pub g: &'static [f32],
+    /// The smallest batch it is used for: below it the filter transforms (once per call) cost
+    /// more than the GEMMs save.
+    pub min_images: usize,
 }
 
 /// F(4x4, 3x3) on the points 0, ±1, ±2, ∞.
@@ -74,26 +75,9 @@ pub const F4X3: Tile = Tile {
     m: 4,
     r: 3,
     alpha: 6,
-    g: &[
-        1.0 / 4.0,
-        0.0,
-        0.0,
-        -1.0 / 6.0,
-        -1.0 / 6.0,
-        -1.0 / 6.0,
-        -1.0 / 6.0,
-        1.0 / 6.0,
-        -1.0 / 6.0,
-        1.0 / 24.0,
-        1.0 / 12.0,
-        1.0 / 6.0,
-        1.0 / 24.0,
-        -1.0 / 12.0,
-        1.0 / 6.0,
-        0.0,
-        0.0,
-        1.0,
-    ],
+    // Measured on conv3-conv5 (2 threads): 10-60% slower than im2col at 1 and 2 images, 5-15%
+    // faster at 4.
+    min_images: 4,
 };
 
 /// F(3x3, 5x5) on the points 0, ±1, ±2, 1/2, ∞: 27x27 maps (conv2) split into whole tiles.
@@ -103,111 +87,9 @@ pub const F3X5: Tile = Tile {
     m: 3,
     r: 5,
     alpha: 7,
-    g: &[
-        -1.0 / 2.0,
-        0.0,
-        0.0,
-        0.0,
-        0.0,
-        -1.0 / 3.0,
-        -1.0 / 3.0,
-        -1.0 / 3.0,
-        -1.0 / 3.0,
-        -1.0 / 3.0,
-        1.0 / 9.0,
-        -1.0 / 9.0,
-        1.0 / 9.0,
-        -1.0 / 9.0,
-        1.0 / 9.0,
-        1.0 / 36.0,
-        1.0 / 18.0,
-        1.0 / 9.0,
-        2.0 / 9.0,
-        4.0 / 9.0,
-        -1.0 / 60.0,
-        1.0 / 30.0,
-        -1.0 / 15.0,
-        2.0 / 15.0,
-        -4.0 / 15.0,
-        32.0 / 45.0,
-        16.0 / 45.0,
-        8.0 / 45.0,
-        4.0 / 45.0,
-        2.0 / 45.0,
-        0.0,
-        0.0,
-        0.0,
-        0.0,
-        1.0,
-    ],
+    // conv2: 1.5-2x faster than im2col from one image on.
+    min_images: 1,
 };
-
-/// [`LANES`] values side by side: one per channel transformed together.
-type Lanes = [f32; LANES];
-/// A square block of lanes, `n x n` used of `MAX_ALPHA x MAX_ALPHA`, row-major with row stride n.
-type Block = [Lanes; MAX_ALPHA * MAX_ALPHA];
-
-/// A strided view of a small matrix: element (i, j) is `data[i * rs + j * cs]`.
-#[derive(Clone, Copy)]
-struct Small {
-    data: &'static [f32],
-    rows: usize,
-    cols: usize,
-    rs: usize,
-    cs: usize,
-}
-
-impl Small {
-    fn rm(data: &'static [f32], rows: usize, cols: usize) -> Small {
-        Small {
-            data,
-            rows,
-            cols,
-            rs: cols,
-            cs: 1,
-        }
-    }
-    fn t(self) -> Small {
-        Small {
-            rows: self.cols,
-            cols: self.rows,
-            rs: self.cs,
-            cs: self.rs,
-            ..self
-        }
-    }
-    fn at(&self, i: usize, j: usize) -> f32 {
-        self.data[i * self.rs + j * self.cs]
-    }
-}
-
-/// L p L^T for every lane: p is `L.cols x L.cols`, the result `L.rows x L.rows`.
-fn sandwich(l: Small, p: &Block) -> Block {
-    let (n, k) = (l.rows, l.cols);
-    let mut t: Block = [[0.0; LANES]; MAX_ALPHA * MAX_ALPHA];
-    for i in 0..n {
-        for u in 0..k {
-            let c = l.at(i, u);
-            for j in 0..k {
-                for (d, s) in t[i * k + j].iter_mut().zip(&p[u * k + j]) {
-                    *d += c * s;
-                }
-            }
-        }
-    }
-    let mut out: Block = [[0.0; LANES]; MAX_ALPHA * MAX_ALPHA];
-    for i in 0..n {
-        for j in 0..n {
-            for u in 0..k {
-                let c = l.at(j, u);
-                for (d, s) in out[i * n + j].iter_mut().zip(&t[i * k + u]) {
-                    *d += c * s;
-                }
-            }
-        }
-    }
-    out
-}
 
 /// Which tile computes a stride-1 `r x r` convolution, if any.
 /// Measured against F(2x2, 3x3) and F(2x2, 5x5) (fewer transform operations, more GEMM work) on
@@ -258,6 +140,17 @@ extern "C" {
         t0: usize,
         pad: *mut f32,
     );
+    /// u[ξ][i] = (G f_i G^T)[ξ] for the filters of one output channel.
+    fn alexnet_wino_filters(
+        tile: i32,
+        w: *const f32,
+        is: usize,
+        flip: i32,
+        cin: usize,
+        u: *mut f32,
+    );
+    /// dw[i][a][b] = (G^T dU_i G)(a, b) for the filters of one output channel.
+    fn alexnet_wino_filter_grads(tile: i32, du: *const f32, cin: usize, dw: *mut f32);
     /// y[k] = A^T M[k][·] A (+ bias[k], unless null).
     fn alexnet_wino_output(
         tile: i32,
@@ -286,7 +179,7 @@ pub(super) struct Plan {
 impl Plan {
     /// The plan of `s`'s forward pass, if a tile computes it on this CPU: AVX2 and FMA, stride
     /// 1, a square kernel with a tile, padding below the kernel size (so that the backward-data
-    /// pass is a convolution too).
+    /// pass is a convolution too), a batch of at least the tile's `min_images`.
     pub(super) fn forward(s: &ConvShape) -> Option<Plan> {
         #[cfg(not(target_arch = "x86_64"))]
         return None;
@@ -304,7 +197,7 @@ impl Plan {
         #[cfg(target_arch = "x86_64")]
         {
             let cpu = HasAvx2Fma::detect()?;
-            if s.kh != t.r || s.kw != t.r || s.stride != 1 || s.pad >= t.r {
+            if s.kh != t.r || s.kw != t.r || s.stride != 1 || s.pad >= t.r || s.n < t.min_images {
                 return None;
             }
             let (ho, wo) = (s.h_out(), s.w_out());
@@ -357,7 +250,7 @@ impl Plan {
         self.t.alpha * self.t.alpha
     }
 
-    /// Floats of the transformed filters of all groups, `[groups][ξ][cout][cin]`.
+    /// Floats of the transformed filters of all groups, `[groups][cout][ξ][cin]`.
     fn filters_len(&self) -> usize {
         self.groups * self.points() * self.geo.cout * self.geo.cin
     }
@@ -564,35 +457,82 @@ impl Plan {
         Ok(())
     }
 
-    /// U[g][ξ][o][i] = (G f G^T)[ξ] with `f(g, o, i, a, b)` tap (a, b) of the filter from input
-    /// channel i to output channel o of group g; lanes run over i.
+    /// U[g][o][ξ][i] = (G f G^T)[ξ] for every filter f from input channel i to output channel o
+    /// of group g: tap (a, b) of the filter of (g, o, i) at
+    /// `w[base(g, o) + i * is + a * r + b]`, rotated by 180 degrees when `flip`; in parallel over
+    /// the output channels.
     fn transform_filters(
         &self,
-        f: impl Fn(usize, usize, usize, usize, usize) -> f32,
+        eng: &CpuEngine,
+        w: &[f32],
+        base: impl Fn(usize, usize) -> usize + Sync,
+        is: usize,
+        flip: bool,
         u: &mut [f32],
-    ) {
-        let (r, pts, cin, cout) = (self.t.r, self.points(), self.geo.cin, self.geo.cout);
-        let g = Small::rm(self.t.g, self.t.alpha, r);
-        let mut p: Block = [[0.0; LANES]; MAX_ALPHA * MAX_ALPHA];
-        for grp in 0..self.groups {
-            let ug = &mut u[grp * pts * cout * cin..][..pts * cout * cin];
-            for o in 0..cout {
-                for i0 in (0..cin).step_by(LANES) {
-                    let lanes = LANES.min(cin - i0);
-                    for a in 0..r {
-                        for b in 0..r {
-                            for (l, v) in p[a * r + b][..lanes].iter_mut().enumerate() {
-                                *v = f(grp, o, i0 + l, a, b);
-                            }
-                        }
-                    }
-                    let out = sandwich(g, &p);
-                    for (xi, v) in out[..pts].iter().enumerate() {
-                        ug[(xi * cout + o) * cin + i0..][..lanes].copy_from_slice(&v[..lanes]);
-                    }
+    ) -> Result<()> {
+        const OP: &str = "winograd filter transform";
+        let (r, cin, cout, per) = (
+            self.t.r,
+            self.geo.cin,
+            self.geo.cout,
+            self.points() * self.geo.cin,
+        );
+        let channels = split_ranges(self.groups * cout, eng.threads());
+        let parts = split_mut(&mut u[..self.filters_len()], &channels, per);
+        eng.run_parts(parts, |_, (ocs, u)| {
+            for (oc, u) in ocs.zip(u.chunks_exact_mut(per)) {
+                let b = base(oc / cout, oc % cout);
+                if cin == 0 || b + (cin - 1) * is + r * r > w.len() {
+                    return Err(Error::shape(
+                        OP,
+                        format!("filters of {} floats too short", w.len()),
+                    ));
+                }
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: the C function reads taps b + i*is + t for i < cin and t < r*r, all
+                // inside w (checked above), and writes the alpha^2 * cin floats of u (a chunk of
+                // exactly that length); `self.cpu` proves its instructions. u is a distinct
+                // mutable borrow.
+                unsafe {
+                    let _ = self.cpu;
+                    alexnet_wino_filters(
+                        self.t.id,
+                        w[b..].as_ptr(),
+                        is,
+                        i32::from(flip),
+                        cin,
+                        u.as_mut_ptr(),
+                    );
                 }
             }
-        }
+            Ok(())
+        })
+    }
+
+    /// dw[g*cout + k][c] = (G^T dU[g][k][·][c] G), the r x r taps, from dU `[g][k][ξ][c]`; in
+    /// parallel over the output channels.
+    fn weight_gradient(&self, eng: &CpuEngine, du: &[f32], dw: &mut [f32]) -> Result<()> {
+        const OP: &str = "winograd weight gradient";
+        let (r, cin, per) = (self.t.r, self.geo.cin, self.points() * self.geo.cin);
+        let filter = cin * r * r;
+        crate::engine::check_len(OP, "dU", du.len(), self.filters_len())?;
+        crate::engine::check_len(OP, "dw", dw.len(), self.groups * self.geo.cout * filter)?;
+        let channels = split_ranges(self.groups * self.geo.cout, eng.threads());
+        let parts = split_mut(dw, &channels, filter);
+        eng.run_parts(parts, |_, (ocs, dw)| {
+            for (oc, dw) in ocs.zip(dw.chunks_exact_mut(filter)) {
+                let du = &du[oc * per..(oc + 1) * per];
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: the C function reads the alpha^2 * cin floats of du and writes the
+                // cin * r * r floats of dw, the lengths of these two slices; `self.cpu` proves
+                // its instructions; dw is a distinct mutable borrow.
+                unsafe {
+                    let _ = self.cpu;
+                    alexnet_wino_filter_grads(self.t.id, du.as_ptr(), cin, dw.as_mut_ptr());
+                }
+            }
+            Ok(())
+        })
     }
 }
 
@@ -640,7 +580,7 @@ fn point_mut(
 }
 
 /// out[N, groups*cout, ho, wo] = the plan's convolution of inp[N, groups*cin, h, w] with the
-/// transformed filters `u` (`[groups][ξ][cout][cin]`), plus `bias`. Runs of units per thread.
+/// transformed filters `u` (`[groups][cout][ξ][cin]`), plus `bias`. Runs of units per thread.
 fn convolve(
     eng: &CpuEngine,
     p: &Plan,
@@ -668,7 +608,7 @@ fn convolve(
                     p.input_tiles(&inp[unit * in_unit..][..in_unit], v, st, j * tiles, pad)?;
                 }
                 for xi in 0..pts {
-                    let uxi = MatRef::rm(&ug[xi * cout * cin..][..cout * cin], cout, cin);
+                    let uxi = point(ug, xi, cout, pts, cin, cin);
                     let vxi = point(v, xi, cin, pts, st, big_t);
                     let mxi = point_mut(mm, xi, cout, pts, st, big_t);
                     gemm(1.0, uxi, vxi, 0.0, mxi)?;
@@ -696,11 +636,8 @@ pub(super) fn forward(
 ) -> Result<()> {
     let mut filters = eng.filters();
     let u = grown(&mut filters, p.filters_len());
-    let (r, cin, cout) = (p.t.r, p.geo.cin, p.geo.cout);
-    p.transform_filters(
-        |g, o, i, a, bb| w[(((g * cout + o) * cin + i) * r + a) * r + bb],
-        u,
-    );
+    let (rr, cin, cout) = (p.t.r * p.t.r, p.geo.cin, p.geo.cout);
+    p.transform_filters(eng, w, |g, o| (g * cout + o) * cin * rr, rr, false, u)?;
     convolve(eng, p, u, x, Some(b), y)
 }
 
@@ -714,13 +651,10 @@ pub(super) fn backward_data(
 ) -> Result<()> {
     let mut filters = eng.filters();
     let u = grown(&mut filters, p.filters_len());
-    let (r, cin, cout) = (p.t.r, p.geo.cin, p.geo.cout);
+    let (rr, cin, cout) = (p.t.r * p.t.r, p.geo.cin, p.geo.cout);
     // The transposed convolution's filter from its input channel i (the forward's output
     // channel) to its output channel o (the forward's input channel): the forward's, rotated.
-    p.transform_filters(
-        |g, o, i, a, bb| w[(((g * cin + i) * cout + o) * r + r - 1 - a) * r + r - 1 - bb],
-        u,
-    );
+    p.transform_filters(eng, w, |g, o| (g * cin * cout + o) * rr, cout * rr, true, u)?;
     convolve(eng, p, u, dy, None, dx)
 }
 
@@ -768,7 +702,7 @@ pub(super) fn backward_weights(
                 for xi in 0..pts {
                     let qxi = point(q, xi, cout, pts, st, big_t);
                     let vxi = point(v, xi, cin, pts, st, big_t);
-                    let dxi = MatMut::rm(&mut du[xi * cout * cin..][..cout * cin], cout, cin);
+                    let dxi = point_mut(du, xi, cout, pts, cin, cin);
                     gemm(1.0, qxi, vxi.t(), 1.0, dxi)?;
                 }
             }
@@ -778,36 +712,7 @@ pub(super) fn backward_weights(
     // dU = the parts' partials summed, then dw = G^T dU G.
     let du = grown(&mut filters, du_len);
     eng.sum_partials(ranges.len(), du, db)?;
-    weight_gradient(eng, p, du, dw)
-}
-
-/// dw[g*cout + k][c] = (G^T dU[g][·][k][c] G), the r x r taps, in parallel over output channels.
-fn weight_gradient(eng: &CpuEngine, p: &Plan, du: &[f32], dw: &mut [f32]) -> Result<()> {
-    let (a, r, pts, cin, cout) = (p.t.alpha, p.t.r, p.points(), p.geo.cin, p.geo.cout);
-    let gt = Small::rm(p.t.g, a, r).t();
-    let filter = cin * r * r;
-    let channels = split_ranges(p.groups * cout, eng.threads());
-    let parts = split_mut(dw, &channels, filter);
-    eng.run_parts(parts, |_, (chans, dw)| {
-        let mut q: Block = [[0.0; LANES]; MAX_ALPHA * MAX_ALPHA];
-        for (oc, dw) in chans.zip(dw.chunks_exact_mut(filter)) {
-            let (grp, k) = (oc / cout, oc % cout);
-            let dug = &du[grp * pts * cout * cin..][..pts * cout * cin];
-            for c0 in (0..cin).step_by(LANES) {
-                let lanes = LANES.min(cin - c0);
-                for (xi, qv) in q[..pts].iter_mut().enumerate() {
-                    qv[..lanes].copy_from_slice(&dug[(xi * cout + k) * cin + c0..][..lanes]);
-                }
-                let out = sandwich(gt, &q);
-                for (tap, v) in out[..r * r].iter().enumerate() {
-                    for (l, &v) in v[..lanes].iter().enumerate() {
-                        dw[(c0 + l) * r * r + tap] = v;
-                    }
-                }
-            }
-        }
-        Ok(())
-    })
+    p.weight_gradient(eng, du, dw)
 }
 
 #[cfg(test)]
@@ -815,6 +720,103 @@ mod tests {
     use super::*;
 
     const TILES: [&Tile; 2] = [&F4X3, &F3X5];
+
+    /// A strided view of a small matrix: element (i, j) is `data[i * rs + j * cs]`.
+    #[derive(Clone, Copy)]
+    struct Small {
+        data: &'static [f32],
+        rows: usize,
+        cols: usize,
+        rs: usize,
+        cs: usize,
+    }
+
+    impl Small {
+        fn rm(data: &'static [f32], rows: usize, cols: usize) -> Small {
+            Small {
+                data,
+                rows,
+                cols,
+                rs: cols,
+                cs: 1,
+            }
+        }
+        fn t(self) -> Small {
+            Small {
+                rows: self.cols,
+                cols: self.rows,
+                rs: self.cs,
+                cs: self.rs,
+                ..self
+            }
+        }
+        fn at(&self, i: usize, j: usize) -> f32 {
+            self.data[i * self.rs + j * self.cs]
+        }
+    }
+
+    /// A tile's G (alpha x r), row-major: the C transforms' constant.
+    fn g_of(t: &Tile) -> &'static [f32] {
+        match t.id {
+            0 => &[
+                1.0 / 4.0,
+                0.0,
+                0.0,
+                -1.0 / 6.0,
+                -1.0 / 6.0,
+                -1.0 / 6.0,
+                -1.0 / 6.0,
+                1.0 / 6.0,
+                -1.0 / 6.0,
+                1.0 / 24.0,
+                1.0 / 12.0,
+                1.0 / 6.0,
+                1.0 / 24.0,
+                -1.0 / 12.0,
+                1.0 / 6.0,
+                0.0,
+                0.0,
+                1.0,
+            ],
+            _ => &[
+                -1.0 / 2.0,
+                0.0,
+                0.0,
+                0.0,
+                0.0,
+                -1.0 / 3.0,
+                -1.0 / 3.0,
+                -1.0 / 3.0,
+                -1.0 / 3.0,
+                -1.0 / 3.0,
+                1.0 / 9.0,
+                -1.0 / 9.0,
+                1.0 / 9.0,
+                -1.0 / 9.0,
+                1.0 / 9.0,
+                1.0 / 36.0,
+                1.0 / 18.0,
+                1.0 / 9.0,
+                2.0 / 9.0,
+                4.0 / 9.0,
+                -1.0 / 60.0,
+                1.0 / 30.0,
+                -1.0 / 15.0,
+                2.0 / 15.0,
+                -4.0 / 15.0,
+                32.0 / 45.0,
+                16.0 / 45.0,
+                8.0 / 45.0,
+                4.0 / 45.0,
+                2.0 / 45.0,
+                0.0,
+                0.0,
+                0.0,
+                0.0,
+                1.0,
+            ],
+        }
+    }
 
     /// A tile's A^T (m x alpha) and B^T (alpha x alpha), row-major: the C transforms' constants.
     fn at_bt(t: &Tile) -> (&'static [f32], &'static [f32]) {
@@ -863,7 +865,7 @@ mod tests {
             assert_eq!(t.alpha, t.m + t.r - 1, "{}", t.name);
             let (at, bt) = at_bt(t);
             assert_eq!(at.len(), t.m * t.alpha, "{}", t.name);
-            assert_eq!(t.g.len(), t.alpha * t.r, "{}", t.name);
+            assert_eq!(g_of(t).len(), t.alpha * t.r, "{}", t.name);
             assert_eq!(bt.len(), t.alpha * t.alpha, "{}", t.name);
             for i in 0..t.m {
                 for k in 0..t.r {
@@ -872,7 +874,7 @@ mod tests {
                         let got: f64 = (0..t.alpha)
                             .map(|x| {
                                 at[i * t.alpha + x] as f64
-                                    * t.g[x * t.r + k] as f64
+                                    * g_of(t)[x * t.r + k] as f64
                                     * bt[x * t.alpha + j] as f64
                             })
                             .sum();
@@ -895,7 +897,7 @@ mod tests {
         for t in TILES {
             for (h, w, pad) in [(7, 5, 1), (13, 13, t.r / 2), (11, 17, 0)] {
                 let s = ConvShape {
-                    n: 1,
+                    n: t.min_images,
                     c_in: 3,
                     h,
                     w,
@@ -909,13 +911,11 @@ mod tests {
                 if h + 2 * pad < t.r || w + 2 * pad < t.r {
                     continue;
                 }
-                match Plan::with_tile(&s, t) {
-                    Some(p) => plans.push(p),
-                    None => {
-                        eprintln!("skipped: this CPU has no AVX2 and FMA (Winograd needs them)");
-                        return Vec::new();
-                    }
+                if HasAvx2Fma::detect().is_none() {
+                    eprintln!("skipped: this CPU has no AVX2 and FMA (Winograd needs them)");
+                    return Vec::new();
                 }
+                plans.push(Plan::with_tile(&s, t).expect("a shape the tile computes"));
             }
         }
         plans
@@ -1047,6 +1047,59 @@ mod tests {
                 }
             }
             assert_near(&format!("{} output {:?}", p.t.name, g), &y, &want);
+        }
+    }
+
+    #[test]
+    fn c_filter_transforms_are_g_f_gt_and_gt_du_g() {
+        for p in unit_plans() {
+            let (a, r, cin, cout) = (p.t.alpha, p.t.r, p.geo.cin, p.geo.cout);
+            let g = Small::rm(g_of(p.t), a, r);
+            let e = CpuEngine::new(2).unwrap();
+            // Forward filters, and the backward-data ones (rotated, input/output swapped).
+            let w = values(cout * cin * r * r, 5);
+            for flip in [false, true] {
+                let mut u = vec![f32::NAN; p.filters_len()];
+                let (base, is): (Box<dyn Fn(usize, usize) -> usize + Sync>, usize) = if flip {
+                    (Box::new(|_, o| o * r * r), cout * r * r)
+                } else {
+                    (Box::new(|_, o| o * cin * r * r), r * r)
+                };
+                let (w_cin, w_is) = (cin, is);
+                p.transform_filters(&e, &w[..], &base, w_is, flip, &mut u)
+                    .unwrap();
+                let (mut got, mut want) = (Vec::new(), Vec::new());
+                for o in 0..cout {
+                    for i in 0..w_cin {
+                        let f = |ka: usize, kb: usize| {
+                            let tap = if flip {
+                                (r - 1 - ka) * r + r - 1 - kb
+                            } else {
+                                ka * r + kb
+                            };
+                            w[base(0, o) + i * w_is + tap] as f64
+                        };
+                        for xi in 0..p.points() {
+                            got.push(u[(o * p.points() + xi) * cin + i]);
+                            want.push(sandwich64(g, &f, xi / a, xi % a));
+                        }
+                    }
+                }
+                assert_near(&format!("{} filters (flip {flip})", p.t.name), &got, &want);
+            }
+            let du = values(p.filters_len(), 6);
+            let mut dw = vec![f32::NAN; cout * cin * r * r];
+            p.weight_gradient(&e, &du, &mut dw).unwrap();
+            let mut want = Vec::new();
+            for k in 0..cout {
+                for c in 0..cin {
+                    let d = |x: usize, y: usize| du[(k * p.points() + x * a + y) * cin + c] as f64;
+                    for tap in 0..r * r {
+                        want.push(sandwich64(g.t(), &d, tap / r, tap % r));
+                    }
+                }
+            }
+            assert_near(&format!("{} weight gradient", p.t.name), &dw, &want);
         }
     }
 
