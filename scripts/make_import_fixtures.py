@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Writes the fixtures of tests/import.rs: a small torchvision-format AlexNet state_dict and the
+"""Writes the fixtures of tests/suite/import.rs: a small torchvision-format AlexNet state_dict and the
 logits PyTorch computes for it on two fixed images, with torchvision's preprocessing.
 
     python3 -m pip install torch numpy        # (the CPU build suffices)
@@ -64,7 +64,7 @@ class AlexNet(nn.Module):
 
 
 def pixels(image, side=224):
-    """The test images: u8 pixels [3, side, side] from a formula tests/import.rs repeats."""
+    """The test images: u8 pixels [3, side, side] from a formula tests/suite/import.rs repeats."""
     i = torch.arange(3 * side * side, dtype=torch.int64)
     return ((i * 7919 + 104729 * image + (i // side) * 31) % 256).reshape(3, side, side)
 

@@ -6,7 +6,7 @@
 //! Tolerance: the ranks' arithmetic is the single process's except for the gradient sums (each
 //! rank sums its half of the batch, then the halves are averaged: a different f32 summation
 //! order, ~1e-7 relative per step) and the same for the loss; over a few steps that stays well
-//! below the 1e-5 relative used here (tests/columns.rs makes the same argument for its split).
+//! below the 1e-5 relative used here (tests/suite/columns.rs makes the same argument for its split).
 #![cfg(feature = "mpi")]
 
 mod common;

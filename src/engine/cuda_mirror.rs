@@ -1,7 +1,7 @@
 //! CPU mirrors of the CUDA engine's newer kernels (`csrc/conv.cu`'s whole-chunk convolution,
 //! `csrc/layers.cu`'s per-pixel LRN, `csrc/runtime.cu`'s bf16 rounding): the same index maps, loops and cuBLAS arguments, written
 //! out in plain Rust so that `cargo test` checks them against the f64 reference on any machine
-//! (tests/cuda_mirror.rs), with no GPU and without the `cuda` feature. Each function names the
+//! (tests/suite/cuda_mirror.rs), with no GPU and without the `cuda` feature. Each function names the
 //! kernel or call it mirrors; a change to one must be made to the other.
 
 use crate::engine::ConvShape;

@@ -1,5 +1,5 @@
-//! Shared test code. Each test binary that says `mod common;` compiles this module anew and uses
-//! only some of it, hence the allowance.
+//! Shared test code, a module of `tests/suite` and of each test binary of its own (`mod common;`),
+//! each of which uses only some of it, hence the allowance.
 #![allow(dead_code)]
 
 pub mod ops_suite;

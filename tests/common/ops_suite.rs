@@ -10,7 +10,7 @@
 //! - the reference sees exactly the engine's f32 inputs widened to f64, so the only difference
 //!   is the engine's f32 arithmetic, which the caller's [`Tol`] bounds.
 //!
-//! The instantiating test file (`tests/cpu_ops.rs`, `tests/cuda_ops.rs`) picks the tolerances,
+//! The instantiating test file (`tests/suite/cpu_ops.rs`, `tests/cuda_ops.rs`) picks the tolerances,
 //! with the reason, since they depend on the engine's arithmetic.
 
 use alexnet::engine::{
@@ -146,6 +146,11 @@ pub fn conv_shapes() -> Vec<ConvShape> {
         c(3, 32, 12, 12, 16, 5, 5, 1, 2, 2),
         c(4, 24, 9, 11, 16, 3, 3, 1, 1, 2),
         c(5, 8, 13, 13, 12, 3, 3, 1, 0, 1),
+        // the cifar10 net's 5x5 pad 2 layers: maps 32, 15 and 7, whose last Winograd 3x3 tiles
+        // hang over the edge (32 = 10 * 3 + 2)
+        c(3, 3, 32, 32, 32, 5, 5, 1, 2, 1),
+        c(3, 32, 15, 15, 32, 5, 5, 1, 2, 1),
+        c(4, 32, 7, 7, 64, 5, 5, 1, 2, 1),
     ]
 }
 

@@ -34,7 +34,7 @@
 //! results depend on the thread count only (exact resume).
 //!
 //! Accuracy: the transforms' coefficients (up to 8 in F(4x4, 3x3)'s A^T) amplify f32 rounding;
-//! `tests/cpu_ops.rs` bounds the error against the f64 oracle (its `WINOGRAD` tolerance).
+//! `tests/suite/cpu_ops.rs` bounds the error against the f64 oracle (its `WINOGRAD` tolerance).
 
 use std::ops::Range;
 

@@ -3,10 +3,8 @@
 //! code paths: runs of images, column blocks, plane ranges, and for single images the two-phase
 //! split inside one image), and the convolutions with both algorithms (Winograd, im2col).
 
-mod common;
-
+use crate::common::ops_suite::{self as suite, Tol};
 use alexnet::engine::cpu::{ConvAlgorithm, CpuEngine};
-use common::ops_suite::{self as suite, Tol};
 
 /// Dot products of length K in f32 (convolution K = Cin/g*kh*kw up to 1728 here, fully connected
 /// up to 4096, weight gradients N*Ho*Wo up to 338), on inputs scaled so results are O(1): the

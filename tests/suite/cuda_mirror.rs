@@ -4,13 +4,11 @@
 //! shapes. Needs no GPU and no `cuda` feature; the kernels themselves are checked against the
 //! same reference on a GPU in tests/cuda_ops.rs.
 
-mod common;
-
+use crate::common::ops_suite::{self as suite, Tol};
 use alexnet::engine::cuda_mirror::{self as mirror, bf16_round, LrnGeometry};
 use alexnet::engine::{LrnParams, LrnShape};
 use alexnet::rng::Rng;
 use alexnet_reference as reference;
-use common::ops_suite::{self as suite, Tol};
 
 /// The mirror's GEMM sums exact f32 products in f64 and rounds once (2^-24 relative of the GEMM
 /// result g), then the bias is added in f32 (2^-24 of y): |err| <= 2^-24 (|g| + |y|) with

@@ -546,7 +546,7 @@ fn atomic_save_survives_sigkill() {
     for round in 0..3 {
         let mut child = Command::new(std::env::current_exe().unwrap())
             .args([
-                "child_saves_until_killed",
+                "checkpoint::child_saves_until_killed",
                 "--exact",
                 "--ignored",
                 "--test-threads=1",

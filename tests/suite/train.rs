@@ -1,7 +1,7 @@
 //! Training behaviour: the net can overfit a tiny batch, a resumed run repeats the uninterrupted
 //! one exactly, and the trainer's guards (flags, NaN) give clear errors.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::AtomicBool;
 
@@ -11,7 +11,7 @@ use alexnet::model::{Init, Model, Sgd};
 use alexnet::rng::Rng;
 use alexnet::train::train;
 
-use common::{train_args as args, try_train_args as try_args};
+use crate::common::{train_args as args, try_train_args as try_args};
 
 #[test]
 fn overfits_a_tiny_batch() {

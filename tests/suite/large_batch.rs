@@ -3,7 +3,7 @@
 //! columns split over two executors, and Goyal et al. 2017's gradual warmup as the trainer
 //! applies it, step by step.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::AtomicBool;
 
@@ -14,7 +14,7 @@ use alexnet::parallel::Network;
 use alexnet::rng::Rng;
 use alexnet::train::train;
 
-use common::train_args as args;
+use crate::common::train_args as args;
 
 /// A small two-column net (input 67: every layer of the paper's net present), no dropout.
 fn cfg() -> ArchConfig {

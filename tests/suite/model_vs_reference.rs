@@ -2,14 +2,12 @@
 //! classes, two columns, dropout on) forward and backward on a batch of 2, with the reference
 //! network composed from `alexnet-reference`'s layer functions by walking the same table.
 
-mod common;
-
+use crate::common::rel_err;
 use alexnet::arch::{ArchConfig, Kind, Net};
 use alexnet::engine::cpu::CpuEngine;
 use alexnet::model::{Init, Model};
 use alexnet::rng::{dropout_keep, Rng};
 use alexnet_reference as r;
-use common::rel_err;
 
 /// Loss and every parameter gradient of `cfg`'s net on (images, labels), computed in f64 by
 /// the reference layers, with the same parameters and dropout masks as the engine's model.

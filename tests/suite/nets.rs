@@ -1,8 +1,6 @@
 //! Nets as data, end to end: a net file trains, checkpoints and resumes like a preset; the
 //! `cifar10` preset trains at 32 px; `summary` prints any table; bad net files are clear errors.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::AtomicBool;
@@ -14,7 +12,7 @@ use alexnet::model::{Init, Model, Sgd};
 use alexnet::rng::Rng;
 use alexnet::train::train;
 
-use common::train_args as args;
+use crate::common::train_args as args;
 
 fn example(file: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -104,9 +102,11 @@ fn the_cifar10_preset_trains_at_32_px_like_its_file() {
 #[test]
 fn the_cifar10_net_learns_at_32_px() {
     // Memorising 8 random 32x32 images: the loss must fall far below chance (ln 10 = 2.30), as
-    // the paper's net does in tests/train.rs. Its own initialisation (conv1 std 1e-4), no
-    // dropout rows; 0.003 because 0.01 diverges after ~20 steps on these pixel-scale inputs
-    // (cuda-convnet trained this net at 0.001).
+    // the paper's net does in tests/train.rs, and stay there. Its own initialisation (conv1 std
+    // 1e-4), no dropout rows, cuda-convnet's rate for this net (0.001). On these pixel-scale
+    // inputs faster rates make the run chaotic: at 0.003 the loss spikes to 5-30 several times
+    // and where it stands after 300 steps flips with rounding (im2col vs Winograd differ by
+    // 1e-6 and end at 0.02 vs 2.15). At 0.001 both settle below first/5 by step ~155 and stay.
     let cfg = ArchConfig::for_net(Net::Cifar10, None, None);
     let e = CpuEngine::new(2).unwrap();
     let n = 8;
@@ -120,14 +120,14 @@ fn the_cifar10_net_learns_at_32_px() {
     for _ in 0..300 {
         model.forward(&e, &images, Some(0)).unwrap();
         losses.push(model.backward(&e, &labels, Some(0)).unwrap());
-        model.sgd_step(&e, 0.003, &Sgd::default()).unwrap();
+        model.sgd_step(&e, 0.001, &Sgd::default()).unwrap();
     }
     let first = losses[0];
-    let best = losses.iter().copied().fold(f32::INFINITY, f32::min);
-    println!("loss {first} -> at best {best}");
+    let last_20 = losses[losses.len() - 20..].iter().sum::<f32>() / 20.0;
+    println!("loss {first} -> {last_20} over the last 20 steps");
     assert!(
-        best < first / 5.0,
-        "loss went from {first} to at best {best}: {losses:?}"
+        last_20 < first / 5.0,
+        "loss went from {first} to {last_20} over the last 20 steps: {losses:?}"
     );
 }
 

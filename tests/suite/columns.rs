@@ -3,14 +3,12 @@
 //! with the same initial weights, dropout masks and checkpoint tensors; and the bytes that cross
 //! between columns are exactly the cross-column rows' activations and gradients.
 
-mod common;
-
+use crate::common::rel_err;
 use alexnet::arch::{column_range, ArchConfig, Net};
 use alexnet::engine::cpu::CpuEngine;
 use alexnet::model::{Init, Sgd};
 use alexnet::parallel::{assign_columns, Network};
 use alexnet::rng::Rng;
-use common::rel_err;
 
 const N: usize = 3;
 
