@@ -1060,24 +1060,25 @@ mod tests {
             let w = values(cout * cin * r * r, 5);
             for flip in [false, true] {
                 let mut u = vec![f32::NAN; p.filters_len()];
-                let (base, is): (Box<dyn Fn(usize, usize) -> usize + Sync>, usize) = if flip {
-                    (Box::new(|_, o| o * r * r), cout * r * r)
+                // Filter (o, i) at w[o * o_stride + i * is]: [cout][cin] forward, [cin][cout]
+                // for the rotated ones.
+                let (o_stride, is) = if flip {
+                    (r * r, cout * r * r)
                 } else {
-                    (Box::new(|_, o| o * cin * r * r), r * r)
+                    (cin * r * r, r * r)
                 };
-                let (w_cin, w_is) = (cin, is);
-                p.transform_filters(&e, &w[..], &base, w_is, flip, &mut u)
-                    .unwrap();
+                let base = |_: usize, o: usize| o * o_stride;
+                p.transform_filters(&e, &w, base, is, flip, &mut u).unwrap();
                 let (mut got, mut want) = (Vec::new(), Vec::new());
                 for o in 0..cout {
-                    for i in 0..w_cin {
+                    for i in 0..cin {
                         let f = |ka: usize, kb: usize| {
                             let tap = if flip {
                                 (r - 1 - ka) * r + r - 1 - kb
                             } else {
                                 ka * r + kb
                             };
-                            w[base(0, o) + i * w_is + tap] as f64
+                            w[base(0, o) + i * is + tap] as f64
                         };
                         for xi in 0..p.points() {
                             got.push(u[(o * p.points() + xi) * cin + i]);
