@@ -245,7 +245,7 @@ mod cuda {
             .header(header.to_string_lossy())
             .clang_arg(format!("-I{}", cuda.join("include").display()))
             .allowlist_function(
-                "nccl(GetUniqueId|CommInitRank|AllReduce|CommDestroy|CommAbort|GetErrorString)",
+                "nccl(GetUniqueId|CommInitRank|AllReduce|CommDestroy|CommAbort|GetErrorString|GroupStart|GroupEnd)",
             )
             .allowlist_function("cudaSetDevice")
             .allowlist_type("ncclUniqueId")

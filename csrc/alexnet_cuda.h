@@ -67,6 +67,14 @@ anc_status anc_copy(anc_ctx *ctx, void *dst, const void *src, size_t bytes);
 anc_status anc_prefetch_upload(anc_ctx *ctx, void *dst, const void *src, size_t bytes);
 anc_status anc_prefetch_join(anc_ctx *ctx);
 anc_status anc_prefetch_host_wait(anc_ctx *ctx);
+/* The collective stream, for a communication library's kernels (NCCL's all-reduces of the
+ * gradients) beside the compute stream (created on first use). anc_collective_fork makes it wait
+ * for the work queued on the compute stream so far (the backward that wrote the gradients handed
+ * over); anc_collective_join makes the compute stream wait for the work queued on it so far (the
+ * sums, before the update reads them). Neither makes the host wait. */
+anc_status anc_collective_stream(anc_ctx *ctx, void **stream);
+anc_status anc_collective_fork(anc_ctx *ctx);
+anc_status anc_collective_join(anc_ctx *ctx);
 anc_status anc_synchronize(anc_ctx *ctx);
 /* Lets `device` read and write `peer`'s memory directly (NVLink/PCIe peer copies). *enabled = 0
    where the pair cannot (copies then stage through host memory); not an error. */

@@ -18,6 +18,11 @@ struct anc_ctx {
     // until then): `queued` marks the compute stream's work at a prefetch, `copied` its copy.
     cudaStream_t copy_stream;
     cudaEvent_t queued, copied;
+    // The collective stream (NCCL's all-reduces of gradients) and its events, created by the
+    // first anc_collective_stream (NULL until then): `backward_done` marks the compute stream's
+    // work at a fork, `reduced` the collective stream's at a join.
+    cudaStream_t collective_stream;
+    cudaEvent_t backward_done, reduced;
     // --precision bf16: GEMM operands rounded to bf16 (round to nearest even) into `bf16_buf`
     // (grow-only, `bf16_bytes` long), multiplied with f32 accumulation into f32 results.
     int bf16;

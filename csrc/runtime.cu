@@ -17,6 +17,9 @@ static void anc_release(anc_ctx *ctx) {
     cudaSetDevice(ctx->device);
     if (ctx->blas) cublasDestroy(ctx->blas);
     if (ctx->bf16_buf) cudaFree(ctx->bf16_buf);
+    if (ctx->reduced) cudaEventDestroy(ctx->reduced);
+    if (ctx->backward_done) cudaEventDestroy(ctx->backward_done);
+    if (ctx->collective_stream) cudaStreamDestroy(ctx->collective_stream);
     if (ctx->copied) cudaEventDestroy(ctx->copied);
     if (ctx->queued) cudaEventDestroy(ctx->queued);
     if (ctx->copy_stream) cudaStreamDestroy(ctx->copy_stream);
@@ -49,6 +52,9 @@ extern "C" anc_status anc_create(int device, anc_ctx **out, char *name, size_t n
     ctx->copy_stream = NULL;
     ctx->queued = NULL;
     ctx->copied = NULL;
+    ctx->collective_stream = NULL;
+    ctx->backward_done = NULL;
+    ctx->reduced = NULL;
     ctx->bf16 = 0;
     ctx->bf16_buf = NULL;
     ctx->bf16_bytes = 0;
@@ -66,6 +72,7 @@ extern "C" void anc_destroy(anc_ctx *ctx) {
     cudaSetDevice(ctx->device);
     cudaStreamSynchronize(ctx->stream);
     if (ctx->copy_stream) cudaStreamSynchronize(ctx->copy_stream);
+    if (ctx->collective_stream) cudaStreamSynchronize(ctx->collective_stream);
     anc_release(ctx);
 }
 
@@ -277,6 +284,40 @@ extern "C" anc_status anc_prefetch_host_wait(anc_ctx *ctx) {
     if (!ctx->copy_stream) return anc_ok();
     ENTER(ctx);
     CUDA_TRY("cudaEventSynchronize(copied)", cudaEventSynchronize(ctx->copied));
+    return anc_ok();
+}
+
+extern "C" anc_status anc_collective_stream(anc_ctx *ctx, void **stream) {
+    ENTER(ctx);
+    if (!ctx->collective_stream) {
+        CUDA_TRY("cudaEventCreateWithFlags(backward_done)",
+                 cudaEventCreateWithFlags(&ctx->backward_done, cudaEventDisableTiming));
+        CUDA_TRY("cudaEventCreateWithFlags(reduced)",
+                 cudaEventCreateWithFlags(&ctx->reduced, cudaEventDisableTiming));
+        // Created last: its presence says the events exist.
+        CUDA_TRY("cudaStreamCreateWithFlags(collective)",
+                 cudaStreamCreateWithFlags(&ctx->collective_stream, cudaStreamNonBlocking));
+    }
+    *stream = (void *)ctx->collective_stream;
+    return anc_ok();
+}
+
+extern "C" anc_status anc_collective_fork(anc_ctx *ctx) {
+    if (!ctx->collective_stream) return anc_fail(ANC_CUDA, (int)cudaErrorInvalidResourceHandle,
+                                                 "anc_collective_fork", "no collective stream yet");
+    ENTER(ctx);
+    CUDA_TRY("cudaEventRecord(backward_done)", cudaEventRecord(ctx->backward_done, ctx->stream));
+    CUDA_TRY("cudaStreamWaitEvent(collective stream, backward_done)",
+             cudaStreamWaitEvent(ctx->collective_stream, ctx->backward_done, 0));
+    return anc_ok();
+}
+
+extern "C" anc_status anc_collective_join(anc_ctx *ctx) {
+    if (!ctx->collective_stream) return anc_ok();
+    ENTER(ctx);
+    CUDA_TRY("cudaEventRecord(reduced)", cudaEventRecord(ctx->reduced, ctx->collective_stream));
+    CUDA_TRY("cudaStreamWaitEvent(compute stream, reduced)",
+             cudaStreamWaitEvent(ctx->stream, ctx->reduced, 0));
     return anc_ok();
 }
 

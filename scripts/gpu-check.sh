@@ -7,7 +7,8 @@
 #                                  # GPU tests, one-step GPU-vs-CPU model check, throughput bench
 #                                  # beside PyTorch+cuDNN, and an A/B of each engine option
 #                                  # (--gpu-conv-whole-chunk, --gpu-lrn-by-pixel,
-#                                  # --gpu-copy-stream); logs to $OUT (if set) or .gpu-pack/logs;
+#                                  # --gpu-copy-stream), and --all-reduce nccl over one rank (built
+#                                  # with --features nccl); logs to $OUT (if set) or .gpu-pack/logs;
 #                                  # a summary table last. Stays under 7 minutes.
 #
 # GPU_CHECK_CANDIDATE=<git ref> scripts/gpu-check.sh prepare also builds that commit (in a
@@ -64,6 +65,35 @@ EOF
     strip "$dir"/bin/* 2>/dev/null || true
 }
 
+# build_nccl_into DIR: the same tree built with --features nccl (NCCL for the gradient sums,
+# which also links MPI) into DIR/bin: alexnet-cli and the cuda_model test (its one-rank NCCL
+# test), with the MPI libraries they load in DIR/lib (the GPU host has no OpenMPI; under one
+# process MPI is never initialised, only loaded). libnccl is found on the host, like cuBLAS.
+build_nccl_into() {
+    local dir=$1
+    mkdir -p "$dir/bin" "$dir/lib"
+    local json="$dir/cargo-tests.json"
+    cargo test --release --features nccl --test cuda_model --no-run --message-format=json >"$json"
+    python3 - "$json" "$dir/bin" <<'EOF2'
+import json, shutil, sys, os
+for line in open(sys.argv[1]):
+    try:
+        m = json.loads(line)
+    except ValueError:
+        continue
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "cuda_model":
+        shutil.copy2(m["executable"], os.path.join(sys.argv[2], "cuda_model"))
+EOF2
+    rm -f "$json"
+    cargo build --release --features nccl --bin alexnet-cli
+    cp "${CARGO_TARGET_DIR:-target}/release/alexnet-cli" "$dir/bin/"
+    strip "$dir"/bin/* 2>/dev/null || true
+    # OpenMPI and what it pulls in (not the C library, CUDA or NCCL: the host has those).
+    ldd "$dir/bin/alexnet-cli" | awk '/=> \//{print $3}' |
+        grep -E '/lib(mpi|open-rte|open-pal|hwloc|event|udev|pmix)[^/]*$' |
+        while read -r lib; do cp -L "$lib" "$dir/lib/"; done
+}
+
 prepare() {
     if [[ -z "${CUDA_PATH:-}" ]]; then
         CUDA_PATH="$(bash scripts/install-cuda-toolkit.sh "${ALEXNET_CUDA_DIR:-$HOME/.cache/alexnet-cuda13}" | tail -n1)"
@@ -75,6 +105,11 @@ prepare() {
 
     rm -rf "$PACK"
     build_into "$PACK"
+    if [[ -f "$CUDA_PATH/include/nccl.h" ]] && command -v mpicc >/dev/null; then
+        build_nccl_into "$PACK/nccl"
+    else
+        echo "warning: no nccl.h in the toolkit or no OpenMPI; run will skip the NCCL checks" >&2
+    fi
     if [[ -f benches/compare_pytorch.py ]]; then
         cp benches/compare_pytorch.py "$PACK/"
     else
@@ -99,6 +134,7 @@ prepare() {
         echo "toolkit: $("$CUDA_PATH/bin/nvcc" --version | tail -n1)"
         echo "tests: $(tr '\n' ' ' <"$PACK/tests.txt")"
         (cd "$PACK" && ls -l bin)
+        [[ -d "$PACK/nccl" ]] && (cd "$PACK/nccl" && ls -l bin lib)
         if [[ -n "$candidate" ]]; then
             echo "candidate: $GPU_CHECK_CANDIDATE = $candidate: $(git log -1 --format=%s "$candidate" | cut -c1-100)"
             (cd "$PACK/candidate" && ls -l bin)
@@ -173,10 +209,11 @@ bench() {
     done
 }
 
-find_cublas() {
+# find_lib NAME-GLOB: the directory of the first library matching it on the host.
+find_lib() {
     local hit dir
     for root in /opt /usr/local /usr/lib /usr /; do
-        hit=$(timeout 60 find "$root" -name 'libcublas.so.13*' -not -path '/proc/*' 2>/dev/null | head -n1 || true)
+        hit=$(timeout 60 find "$root" -name "$1" -not -path '/proc/*' 2>/dev/null | head -n1 || true)
         if [[ -n "$hit" ]]; then
             dir=$(dirname "$hit")
             echo "$dir"
@@ -202,7 +239,7 @@ run() {
     nvidia-smi >"$logs/nvidia-smi.txt" 2>&1 || true
 
     local cublas_dir
-    if cublas_dir=$(find_cublas); then
+    if cublas_dir=$(find_lib 'libcublas.so.13*'); then
         echo "libcublas.so.13 in $cublas_dir"
         export LD_LIBRARY_PATH="$cublas_dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
     else
@@ -290,6 +327,25 @@ EOF
             "$py" "$PACK/compare_pytorch.py" --device cuda --inference --batch 128 --steps 20
     else
         SUMMARY+=("$(printf '%-36s %-8s %s' "bench pytorch cuda b128" "SKIPPED" "compare_pytorch.py not packed")")
+    fi
+
+    # --all-reduce nccl over one rank (NCCL refuses two ranks on one card): the trainer's NCCL
+    # path bit for bit equal to the plain run (cuda_model's nccl test), then the bench with and
+    # without it on the same binary: the step time's difference is what the sums cost on the step.
+    local nccl_dir
+    if [[ ! -x "$PACK/nccl/bin/alexnet-cli" ]]; then
+        SUMMARY+=("$(printf '%-36s %-8s %s' "nccl checks" "SKIPPED" "not packed")")
+    elif ! nccl_dir=$(find_lib 'libnccl.so.2*'); then
+        SUMMARY+=("$(printf '%-36s %-8s %s' "nccl checks" "SKIPPED" "no libnccl.so.2 on the host")")
+    else
+        echo "libnccl.so.2 in $nccl_dir"
+        local nccl_path="$PWD/$PACK/nccl/lib:$nccl_dir:$LD_LIBRARY_PATH"
+        step "nccl: test cuda_model nccl_" "$logs/nccl-test.log" 90 \
+            env LD_LIBRARY_PATH="$nccl_path" "$PACK/nccl/bin/cuda_model" --test-threads=1 --nocapture nccl_ </dev/null
+        step "nccl: bench cuda b128 (host sums)" "$logs/nccl-bench-plain.log" 60 \
+            env LD_LIBRARY_PATH="$nccl_path" "$PACK/nccl/bin/alexnet-cli" bench --device cuda --batch-size 128 --steps 20
+        step "nccl: bench cuda --all-reduce nccl" "$logs/nccl-bench.log" 60 \
+            env LD_LIBRARY_PATH="$nccl_path" "$PACK/nccl/bin/alexnet-cli" bench --device cuda --all-reduce nccl --batch-size 128 --steps 20
     fi
 
     {

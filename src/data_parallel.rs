@@ -14,7 +14,7 @@ use crate::engine::Engine;
 use crate::error::Result;
 use crate::model::Ready;
 use crate::parallel::Network;
-use crate::trainer::GradientSync;
+use crate::trainer::{GradientSync, SyncKind};
 
 /// The replicas of a data-parallel run, as the trainer's gradient sync. As DDP does, gradients
 /// are gathered in backward order into buckets of about 25 MB, each started on its all-reduce as
@@ -77,6 +77,10 @@ impl<E: Engine> GradientSync<E> for Replicas<'_> {
         self.comm.size()
     }
 
+    fn kind(&self) -> SyncKind {
+        SyncKind::Host
+    }
+
     /// Copies the row's gradients into the bucket, starts it once full (at or past the size),
     /// and lets the sums in flight advance (OpenMPI moves them only inside MPI calls).
     fn gradients_ready(&mut self, ready: &Ready<'_, E>) -> Result<()> {
@@ -126,6 +130,143 @@ impl<E: Engine> GradientSync<E> for Replicas<'_> {
             }
             summed.clear();
             self.spare.push_back(summed);
+        }
+        Ok(())
+    }
+
+    fn sum_stats(&mut self, stats: &mut [f64]) -> Result<()> {
+        self.comm.all_reduce_sum_f64(stats);
+        Ok(())
+    }
+}
+
+/// The trainer's gradient sync on `engines` under `comm`: the engines' own when they have one
+/// switched on (NCCL, even for one rank), else nothing to do for one rank, else [`Replicas`].
+pub fn gradient_sync<'c, E: Engine>(
+    engines: &[E],
+    comm: &'c Comm,
+) -> Result<Box<dyn GradientSync<E> + 'c>> {
+    if let Some(device) = E::device_gradient_sync(engines, comm)? {
+        return Ok(device);
+    }
+    Ok(match comm.size() {
+        1 => Box::new(crate::trainer::Alone),
+        _ => Box::new(Replicas::new(comm)),
+    })
+}
+
+/// The replicas of a data-parallel run on GPUs, summing in device memory with NCCL (feature
+/// `nccl`, `--all-reduce nccl`). Each executor (one, or a column each with `--gpus 2`) has its
+/// own communicator with the same executor of every other rank. As soon as the backward hands a
+/// row's gradients over, its sums are queued on the executor's collective stream, after the
+/// kernels queued so far on the compute stream (which wrote them), so they run while the
+/// backward's next kernels do; after the backward the compute stream waits for them and scales
+/// by 1/N before the update. The host never waits here: a step's sums are done when its update
+/// is. Results equal [`Replicas`]' up to the order of the ranks' additions (NCCL's ring).
+///
+/// Under one process it still runs (a sum over one rank), so that one GPU exercises the path.
+/// A rank that hangs inside a kernel is not caught by the collective timeout (the host is then
+/// waiting in the CUDA runtime, not in MPI); a rank that dies ends the job through `mpirun`.
+#[cfg(feature = "nccl")]
+pub struct NcclReplicas<'c> {
+    comm: &'c Comm,
+    /// Per executor, in `engines` order: its communicator and its collective stream.
+    columns: Vec<(dist::nccl::Nccl, CollectiveStream)>,
+    /// The executors' addresses, to tell which one a handed-over parameter lives on.
+    executors: Vec<usize>,
+    /// Whether this step's gradients were handed over during backward.
+    handed: bool,
+}
+
+/// A CUDA stream handle, only ever passed to NCCL.
+#[cfg(feature = "nccl")]
+struct CollectiveStream(*mut std::ffi::c_void);
+
+#[cfg(feature = "nccl")]
+impl<'c> NcclReplicas<'c> {
+    /// One communicator per executor, on its device. Collective over `comm` (NCCL's setup).
+    pub fn new(comm: &'c Comm, engines: &[crate::engine::cuda::CudaEngine]) -> Result<Self> {
+        let mut columns = Vec::with_capacity(engines.len());
+        for e in engines {
+            let nccl = dist::nccl::Nccl::new(comm, e.device())?;
+            columns.push((nccl, CollectiveStream(e.collective_stream()?)));
+        }
+        Ok(NcclReplicas {
+            comm,
+            columns,
+            executors: engines.iter().map(|e| e as *const _ as usize).collect(),
+            handed: false,
+        })
+    }
+
+    fn column_of(&self, e: &crate::engine::cuda::CudaEngine) -> usize {
+        let at = e as *const _ as usize;
+        (self.executors.iter().position(|&x| x == at))
+            .expect("a parameter on an executor the sync was not built for")
+    }
+}
+
+#[cfg(feature = "nccl")]
+impl GradientSync<crate::engine::cuda::CudaEngine> for NcclReplicas<'_> {
+    fn replicas(&self) -> usize {
+        self.comm.size()
+    }
+
+    fn kind(&self) -> SyncKind {
+        SyncKind::Device
+    }
+
+    /// Queues the row's sums on each executor's collective stream, after its backward so far.
+    fn gradients_ready(
+        &mut self,
+        ready: &Ready<'_, crate::engine::cuda::CudaEngine>,
+    ) -> Result<()> {
+        self.handed = true;
+        let mut forked = vec![false; self.columns.len()];
+        for &(_, e, _) in ready {
+            let k = self.column_of(e);
+            if !std::mem::replace(&mut forked[k], true) {
+                e.collective_fork()?;
+            }
+        }
+        dist::nccl::group(|| {
+            for &(_, e, p) in ready {
+                let (nccl, stream) = &self.columns[self.column_of(e)];
+                // SAFETY: `p.grad` is `len` f32 on the executor's device, which the backward has
+                // finished writing (the collective stream waits for its kernels: the fork above)
+                // and which nothing touches again before the compute stream joins the
+                // collective stream in `average_gradients`; the parameter outlives the step.
+                unsafe {
+                    nccl.all_reduce_sum_f32(p.grad.as_ptr() as *mut f32, p.grad.len(), stream.0)?;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Queues what the backward did not hand over, makes each compute stream wait for its sums,
+    /// and scales them by 1/N there.
+    fn average_gradients(
+        &mut self,
+        engines: &[crate::engine::cuda::CudaEngine],
+        model: &mut Network<crate::engine::cuda::CudaEngine>,
+    ) -> Result<()> {
+        if !std::mem::take(&mut self.handed) {
+            let params = model.params_mut(engines);
+            let all: Vec<_> = (params.iter().enumerate().rev())
+                .map(|(i, (e, p))| (i, *e, &**p))
+                .collect();
+            self.gradients_ready(&all)?;
+            self.handed = false;
+        }
+        for e in engines {
+            e.collective_join()?;
+        }
+        let scale = 1.0 / self.comm.size() as f32;
+        if scale != 1.0 {
+            for (e, p) in model.params_mut(engines) {
+                e.scale(&mut p.grad, scale)?;
+            }
         }
         Ok(())
     }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use crate::arch::{ArchConfig, Net};
 use crate::checkpoint::{Checkpoint, CheckpointDir, TrainState};
 use crate::data::{Augment, Dataset, Loader, LoaderConfig, Share, Stats};
-use crate::data_parallel::{self, EveryNth, Replicas};
+use crate::data_parallel::{self, EveryNth};
 use crate::dist::Comm;
 use crate::engine::{Engine, LrnParams};
 use crate::error::{Error, Result};
@@ -20,7 +20,7 @@ use crate::model::{Init, Sgd};
 use crate::parallel::Network;
 use crate::report::Reporter;
 use crate::settings;
-use crate::trainer::{Alone, GradientSync, Schedule, Trainer};
+use crate::trainer::{Schedule, Trainer};
 
 /// `alexnet-cli train` options. Defaults are the paper's (Section 5) except where the built-in
 /// dataset needs otherwise (then the help says so).
@@ -503,10 +503,7 @@ pub fn train_in<E: Engine>(
         decay_biases: args.decay_biases,
         lars_eta: args.lars.then_some(args.lars_eta),
     };
-    let sync: Box<dyn GradientSync<E>> = match replica.ranks {
-        1 => Box::new(Alone),
-        _ => Box::new(Replicas::new(comm)),
-    };
+    let sync = data_parallel::gradient_sync(engines, comm)?;
     let steps_per_epoch = (data.train.len() / args.batch_size()) as u64;
     let warmup = Warmup::new(args.warmup_epochs, steps_per_epoch, args.batch_size())?;
     let mut trainer = Trainer::new(engines, model, state, sgd, sync).with_warmup(warmup);

@@ -22,6 +22,8 @@ use crate::rng::hash;
 pub trait GradientSync<E: Engine> {
     /// How many replicas share each step.
     fn replicas(&self) -> usize;
+    /// Where the sums run (for reports).
+    fn kind(&self) -> SyncKind;
     /// Called during backward with each row's parameters as soon as their gradients are final,
     /// last row first, so that their communication can start while the backward goes on.
     fn gradients_ready(&mut self, ready: &Ready<'_, E>) -> Result<()>;
@@ -32,12 +34,27 @@ pub trait GradientSync<E: Engine> {
     fn sum_stats(&mut self, stats: &mut [f64]) -> Result<()>;
 }
 
+/// Where a [`GradientSync`] sums the gradients.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyncKind {
+    /// Nowhere: one replica.
+    Alone,
+    /// In host memory, by the host (MPI): the time the step spends on it is host time.
+    Host,
+    /// In device memory, on a stream beside the compute (NCCL): the host only queues it, so its
+    /// cost shows in the step time, not in [`Trainer::sync_seconds`].
+    Device,
+}
+
 /// A run with one replica.
 pub struct Alone;
 
 impl<E: Engine> GradientSync<E> for Alone {
     fn replicas(&self) -> usize {
         1
+    }
+    fn kind(&self) -> SyncKind {
+        SyncKind::Alone
     }
     fn gradients_ready(&mut self, _: &Ready<'_, E>) -> Result<()> {
         Ok(())
@@ -121,6 +138,26 @@ impl<'e, E: Engine> Trainer<'e, E> {
     pub fn step_lr(&self) -> f32 {
         let fraction = self.warmup.map_or(1.0, |w| w.factor(self.state.step));
         (self.state.lr as f64 * fraction) as f32
+    }
+
+    /// Where this trainer's gradient sums run.
+    pub fn sync_kind(&self) -> SyncKind {
+        self.sync.kind()
+    }
+
+    /// Seconds one average of the current gradients over the replicas takes with nothing else
+    /// running, from idle engines to idle engines: the all-reduce as it would cost were none of
+    /// it hidden behind the backward (bench). A collective; leaves the gradients averaged.
+    pub fn time_gradient_average(&mut self) -> Result<f64> {
+        for e in self.engines {
+            e.synchronize()?;
+        }
+        let t0 = std::time::Instant::now();
+        self.sync.average_gradients(self.engines, &mut self.model)?;
+        for e in self.engines {
+            e.synchronize()?;
+        }
+        Ok(t0.elapsed().as_secs_f64())
     }
 
     /// Uploads the first batch of a sequence of steps; each step uploads the one after its own.

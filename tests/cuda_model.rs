@@ -335,3 +335,70 @@ fn each_convolution_against_the_cpu(
         }
     }
 }
+
+/// `--all-reduce nccl` through the trainer in one process: the sums run on each executor's
+/// collective stream, forked after the backward kernels that wrote each row's gradients and
+/// joined before the update. Over one rank a sum changes nothing and the 1/N scaling is skipped,
+/// so the run must equal the plain one bit for bit; a sum that ran before its gradient was
+/// written, or an update that ran before a sum, would not (the sum is in place). Whole net and
+/// the two columns on two executors (a communicator each).
+#[cfg(feature = "nccl")]
+#[test]
+fn nccl_gradient_sums_over_one_rank_train_exactly_like_no_sums() {
+    use alexnet::checkpoint::TrainState;
+    use alexnet::dist::Comm;
+    use alexnet::trainer::{Alone, SyncKind, Trainer};
+    let Some(first) = gpu(false) else { return };
+    let second =
+        CudaEngine::new(alexnet::engine::cuda::device_count().unwrap().min(2) - 1).unwrap();
+    let both = [first, second];
+    let cfg = ArchConfig::default();
+    let n = 32;
+    let mut rng = Rng::new(17);
+    let batches: Vec<(Vec<f32>, Vec<u32>)> = (0..3)
+        .map(|_| {
+            let images = (0..n * 3 * cfg.input_size * cfg.input_size)
+                .map(|_| (rng.normal() * 50.0) as f32)
+                .collect();
+            (
+                images,
+                (0..n).map(|_| rng.below(cfg.classes) as u32).collect(),
+            )
+        })
+        .collect();
+    let single = Comm::Single;
+    let run = |engines: &[CudaEngine], split: bool, nccl: bool| {
+        engines.iter().for_each(|e| e.set_nccl_all_reduce(nccl));
+        let net = Network::new(engines, split, cfg.clone(), Init::Caffe, 5, n).unwrap();
+        let sync = match nccl {
+            true => alexnet::data_parallel::gradient_sync(engines, &single).unwrap(),
+            false => Box::new(Alone),
+        };
+        let state = TrainState::fresh(5, 0.01);
+        let mut trainer = Trainer::new(engines, net, state, Sgd::default(), sync);
+        let expected = if nccl {
+            SyncKind::Device
+        } else {
+            SyncKind::Alone
+        };
+        assert_eq!(trainer.sync_kind(), expected);
+        trainer.start(&batches[0].0).unwrap();
+        let mut losses = Vec::new();
+        for (i, (_, labels)) in batches.iter().enumerate() {
+            let next = batches.get(i + 1).map(|(images, _)| images.as_slice());
+            losses.push(trainer.step(labels, || next).unwrap().loss);
+        }
+        engines.iter().for_each(|e| e.set_nccl_all_reduce(false));
+        (losses, trainer.model.read_params(engines).unwrap())
+    };
+    for (engines, split) in [(&both[..1], false), (&both[..], true)] {
+        let plain = run(engines, split, false);
+        let summed = run(engines, split, true);
+        println!(
+            "split {split}: losses plain {:?} nccl {:?}",
+            plain.0, summed.0
+        );
+        assert_eq!(plain.0, summed.0, "split {split}: losses differ");
+        assert!(plain.1 == summed.1, "split {split}: parameters differ");
+    }
+}

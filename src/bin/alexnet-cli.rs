@@ -12,7 +12,6 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use alexnet::arch::{summary_table, ArchConfig, Net};
 use alexnet::checkpoint::TrainState;
 use alexnet::data::Stats;
-use alexnet::data_parallel::Replicas;
 use alexnet::dist::Comm;
 use alexnet::engine::cpu::{ConvAlgorithm, CpuEngine};
 use alexnet::engine::Engine;
@@ -21,7 +20,7 @@ use alexnet::model::{Init, Model, Sgd};
 use alexnet::parallel::{Network, NetworkOps};
 use alexnet::settings::{self, MAX_BATCH, MAX_CLASSES, MAX_INPUT, MAX_THREADS};
 use alexnet::train::{train_in, TrainArgs};
-use alexnet::trainer::{Alone, GradientSync, Trainer};
+use alexnet::trainer::{SyncKind, Trainer};
 use alexnet::{Error, Result};
 
 #[derive(Parser)]
@@ -276,6 +275,18 @@ struct DeviceArgs {
     /// overlapping the backward's kernels, instead of after the forward on the compute stream.
     #[arg(long = "gpu-copy-stream")]
     gpu_copy_stream: bool,
+    /// How data-parallel ranks (under mpirun) sum their gradients. `host`: copied to host
+    /// memory and summed by MPI, on every engine. `nccl`: summed in GPU memory by NCCL on a
+    /// stream beside the backward (--device cuda, a binary built with --features nccl); in one
+    /// process it still runs, over one rank, so that one GPU can check the path.
+    #[arg(long = "all-reduce", value_enum, default_value_t = AllReduce::Host)]
+    all_reduce: AllReduce,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum AllReduce {
+    Host,
+    Nccl,
 }
 
 impl DeviceArgs {
@@ -298,6 +309,7 @@ impl DeviceArgs {
             (self.gpu_conv_whole_chunk, " --gpu-conv-whole-chunk"),
             (self.gpu_lrn_by_pixel, " --gpu-lrn-by-pixel"),
             (self.gpu_copy_stream, " --gpu-copy-stream"),
+            (self.all_reduce == AllReduce::Nccl, " --all-reduce nccl"),
         ] {
             if on {
                 flags.push_str(flag);
@@ -331,6 +343,13 @@ macro_rules! with_engines {
                     return Err(Error::Config(
                         "--precision bf16 runs on the CUDA engine only (add --device cuda); \
                          the CPU engine computes in f32"
+                            .into(),
+                    ));
+                }
+                if dev.all_reduce == AllReduce::Nccl {
+                    return Err(Error::Config(
+                        "--all-reduce nccl sums GPU memory: add --device cuda, or drop it (CPU \
+                         ranks sum through MPI)"
                             .into(),
                     ));
                 }
@@ -422,6 +441,7 @@ fn cuda_engines(dev: &DeviceArgs, count: usize) -> Result<Vec<alexnet::engine::c
             e.set_conv_whole_chunk(dev.gpu_conv_whole_chunk);
             e.set_lrn_by_pixel(dev.gpu_lrn_by_pixel);
             e.set_copy_stream(dev.gpu_copy_stream);
+            e.set_nccl_all_reduce(dev.all_reduce == AllReduce::Nccl);
             if let Some(mib) = dev.gpu_scratch_mib {
                 e.set_scratch_budget((mib as usize) << 18);
             }
@@ -838,20 +858,6 @@ fn load_models<E: Engine>(
 
 /// Times full training steps (forward, backward, SGD) on random data and prints images/s; one
 /// executor also gets a per-layer table, a split run the bytes crossing between its columns.
-/// The median time of averaging `model`'s gradients over the ranks with nothing else running
-/// (the whole all-reduce, as it would be were none of it started during the backward).
-fn all_reduce_alone<E: Engine>(engines: &[E], model: &mut Network<E>, comm: &Comm) -> Result<f64> {
-    let mut replicas = Replicas::new(comm);
-    let mut times = Vec::new();
-    for _ in 0..3 {
-        let t0 = Instant::now();
-        GradientSync::<E>::average_gradients(&mut replicas, engines, model)?;
-        times.push(t0.elapsed().as_secs_f64());
-    }
-    times.sort_by(f64::total_cmp);
-    Ok(times[1])
-}
-
 /// What `bench` measures: steps of the paper's net at a global batch.
 struct BenchShape {
     batch: usize,
@@ -902,10 +908,7 @@ fn bench<E: Engine>(engines: &[E], split: bool, shape: &BenchShape, comm: &Comm)
     // The training step exactly as `train` takes it, the next batch (the same one here)
     // uploaded during each forward, the gradients averaged across ranks.
     let state = TrainState::fresh(1, 0.001);
-    let sync: Box<dyn GradientSync<E>> = match ranks {
-        1 => Box::new(Alone),
-        _ => Box::new(Replicas::new(comm)),
-    };
+    let sync = alexnet::data_parallel::gradient_sync(engines, comm)?;
     let mut trainer = Trainer::new(engines, model, state, Sgd::default(), sync);
     trainer.start(&images)?;
     let mut times = Vec::new();
@@ -929,9 +932,9 @@ fn bench<E: Engine>(engines: &[E], split: bool, shape: &BenchShape, comm: &Comm)
                 if step == 0 { " (warm-up)" } else { "" },
                 dt,
                 r.loss,
-                match ranks {
-                    1 => String::new(),
-                    _ => format!(", gradient all-reduce not hidden {:.3} s", sync),
+                match trainer.sync_kind() {
+                    SyncKind::Host => format!(", gradient all-reduce not hidden {sync:.3} s"),
+                    SyncKind::Alone | SyncKind::Device => String::new(),
                 }
             );
         }
@@ -941,27 +944,51 @@ fn bench<E: Engine>(engines: &[E], split: bool, shape: &BenchShape, comm: &Comm)
     let median = times[times.len() / 2];
     let flops = flops_per_image as f64 * batch as f64;
     // A collective: every rank takes part, before the others leave.
-    let alone = match ranks {
-        1 => 0.0,
-        _ => all_reduce_alone(engines, &mut trainer.model, comm)?,
+    let kind = trainer.sync_kind();
+    let alone = match kind {
+        SyncKind::Alone => 0.0,
+        SyncKind::Host | SyncKind::Device => {
+            let mut times = (0..3)
+                .map(|_| trainer.time_gradient_average())
+                .collect::<Result<Vec<f64>>>()?;
+            times.sort_by(f64::total_cmp);
+            times[1]
+        }
     };
     if !leader {
         return Ok(());
     }
-    if ranks > 1 {
+    if kind != SyncKind::Alone {
         let bytes: u64 = 4 * cfg.plan()?.iter().map(|p| p.params).sum::<u64>();
-        let exposed = sync_times[sync_times.len() / 2];
-        println!(
-            "gradient all-reduce per step: {:.1} MB; alone (after the backward) median {:.3} s \
-             ({:.2} GB/s algorithm bandwidth); started during the backward, {:.3} s of it stays \
-             on the step ({:.0}% of the step): {:.0}% hidden",
+        print!(
+            "gradient all-reduce per step ({ranks} rank{}, {}): {:.1} MB; alone (after the \
+             backward) median {:.4} s ({:.2} GB/s algorithm bandwidth)",
+            if ranks == 1 { "" } else { "s" },
+            match kind {
+                SyncKind::Device => "NCCL in device memory",
+                _ => "MPI through host memory",
+            },
             bytes as f64 / 1e6,
             alone,
             bytes as f64 / alone.max(1e-9) / 1e9,
-            exposed,
-            100.0 * exposed / median,
-            100.0 * (1.0 - exposed / alone.max(1e-9)).max(0.0)
         );
+        if kind == SyncKind::Host {
+            let exposed = sync_times[sync_times.len() / 2];
+            println!(
+                "; started during the backward, {:.3} s of it stays on the step ({:.0}% of the \
+                 step): {:.0}% hidden",
+                exposed,
+                100.0 * exposed / median,
+                100.0 * (1.0 - exposed / alone.max(1e-9)).max(0.0)
+            );
+        } else {
+            // The host only queues NCCL's work: what stays on the step is the step time's
+            // difference from the same bench without --all-reduce nccl.
+            println!(
+                "; on the collective stream during the backward (what stays on the step: this \
+                 step time minus that of a run without --all-reduce nccl)"
+            );
+        }
     }
     match &mut trainer.model {
         Network::Whole(m) if ranks == 1 => profile_layers(&engines[0], m, &images, &labels)?,

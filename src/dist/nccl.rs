@@ -127,6 +127,17 @@ impl Nccl {
     }
 }
 
+/// Runs `queue` between ncclGroupStart and ncclGroupEnd, so that NCCL launches the collectives
+/// it queues together (a row's weight and bias in one launch; several communicators' at once).
+pub fn group(queue: impl FnOnce() -> Result<()>) -> Result<()> {
+    // SAFETY: ncclGroupStart takes no arguments; every start below is matched by an end.
+    check("ncclGroupStart", unsafe { sys::ncclGroupStart() })?;
+    let queued = queue();
+    // SAFETY: ends the group started above, also when queueing failed (NCCL requires it).
+    let ended = check("ncclGroupEnd", unsafe { sys::ncclGroupEnd() });
+    queued.and(ended)
+}
+
 impl Drop for Nccl {
     fn drop(&mut self) {
         // SAFETY: `comm` came from ncclCommInitRank and is released exactly once, here.

@@ -274,6 +274,19 @@ pub trait Engine: Send + Sync + 'static {
         None
     }
 
+    /// A gradient sync that sums these executors' gradients where they live (NCCL in GPU
+    /// memory: the CUDA engine built with `nccl` and switched to it), or `None`, and the trainer
+    /// sums through host memory (`data_parallel::Replicas`) or, alone, not at all.
+    fn device_gradient_sync<'c>(
+        _engines: &[Self],
+        _comm: &'c crate::dist::Comm,
+    ) -> Result<Option<Box<dyn crate::trainer::GradientSync<Self> + 'c>>>
+    where
+        Self: Sized,
+    {
+        Ok(None)
+    }
+
     // ---- memory ----
     /// A zero-filled buffer of `len` f32.
     fn alloc(&self, len: usize) -> Result<Self::Buf>;

@@ -16,12 +16,13 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::arch::ArchConfig;
 use crate::checkpoint::TrainState;
 use crate::data::{Augment, Dataset, Loader, LoaderConfig, Share, Stats};
+use crate::dist::Comm;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::eval::{evaluate, EvalOptions};
 use crate::model::{Init, Sgd};
 use crate::parallel::Network;
-use crate::trainer::{Alone, Trainer};
+use crate::trainer::Trainer;
 
 /// One training run of an experiment: the net, its initialisation and the SGD settings, with a
 /// budget of epochs and steps.
@@ -122,7 +123,10 @@ pub fn fit<E: Engine>(
         spec.batch,
     )?;
     let state = TrainState::fresh(spec.seed, spec.lr);
-    let mut trainer = Trainer::new(engines, model, state, spec.sgd, Box::new(Alone));
+    // One process; the engines' own sync if asked for (`--all-reduce nccl` over one rank).
+    let single = Comm::Single;
+    let sync = crate::data_parallel::gradient_sync(engines, &single)?;
+    let mut trainer = Trainer::new(engines, model, state, spec.sgd, sync);
     let per_epoch = (data.train.len() / spec.batch) as u64;
     if per_epoch == 0 {
         return Err(Error::Config(format!(

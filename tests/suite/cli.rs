@@ -272,6 +272,10 @@ fn values_the_paper_rule_cannot_use_are_refused() {
     assert!(text(&o).1.contains("--device cuda"), "{}", text(&o).1);
     let o = cli(&["bench", "--precision", "bf16", "--tf32", "--device", "cuda"]);
     assert_clear_error(&o, "--precision bf16 --tf32");
+    // NCCL sums GPU memory: on the CPU engine the flag is refused, naming the way out.
+    let o = cli(&["bench", "--all-reduce", "nccl", "--steps", "1"]);
+    assert_clear_error(&o, "bench --all-reduce nccl on the CPU");
+    assert!(text(&o).1.contains("--device cuda"), "{}", text(&o).1);
 }
 
 /// Bad input of every kind, through every command: each is a clear error, never a crash.

@@ -12,7 +12,7 @@ mod memory;
 pub mod plan;
 pub mod status;
 
-use std::ffi::c_char;
+use std::ffi::{c_char, c_void};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
@@ -94,6 +94,8 @@ pub struct CudaEngine {
     conv_whole_chunk: AtomicBool,
     lrn_by_pixel: AtomicBool,
     copy_stream: AtomicBool,
+    /// Data-parallel gradients summed by NCCL in device memory (feature `nccl`).
+    nccl_all_reduce: AtomicBool,
     /// Scratch floats a convolution may use (see `plan::conv_plan`).
     scratch_budget: AtomicUsize,
     /// Set once page-locked staging has been refused (so the notice is printed once).
@@ -131,6 +133,7 @@ impl CudaEngine {
             conv_whole_chunk: AtomicBool::new(false),
             lrn_by_pixel: AtomicBool::new(false),
             copy_stream: AtomicBool::new(false),
+            nccl_all_reduce: AtomicBool::new(false),
             scratch_budget: AtomicUsize::new(plan::default_scratch_floats(
                 memory::mem_info(dev).map(|(_, total)| total),
             )),
@@ -209,6 +212,18 @@ impl CudaEngine {
         self.copy_stream.load(Ordering::Relaxed)
     }
 
+    /// Data-parallel gradients summed by NCCL in this engine's memory, on its collective stream
+    /// while the backward goes on ([`crate::data_parallel::NcclReplicas`]), instead of copied to
+    /// the host for MPI. Needs the feature `nccl` (refused by [`Engine::device_gradient_sync`]
+    /// without it).
+    pub fn set_nccl_all_reduce(&self, on: bool) {
+        self.nccl_all_reduce.store(on, Ordering::Relaxed);
+    }
+
+    pub fn nccl_all_reduce(&self) -> bool {
+        self.nccl_all_reduce.load(Ordering::Relaxed)
+    }
+
     /// The options that are on, for the engine's name (so logs of an A/B say which side ran).
     fn options_text(&self) -> String {
         let mut text = String::from(match (self.bf16(), self.tf32()) {
@@ -220,6 +235,7 @@ impl CudaEngine {
             (self.conv_whole_chunk(), "conv whole-chunk"),
             (self.lrn_by_pixel(), "lrn by-pixel"),
             (self.copy_stream(), "copy stream"),
+            (self.nccl_all_reduce(), "NCCL all-reduce"),
         ] {
             if on {
                 text.push_str(", ");
@@ -294,6 +310,31 @@ impl CudaEngine {
             inner.prefetch_pending = false;
         }
         Ok(())
+    }
+
+    /// The collective stream (created on first use): where a communication library (NCCL)
+    /// queues its kernels on this engine's buffers, beside the compute stream. Its work is
+    /// ordered against the compute stream only by [`CudaEngine::collective_fork`] and
+    /// [`CudaEngine::collective_join`].
+    pub fn collective_stream(&self) -> Result<*mut c_void> {
+        let mut stream: *mut c_void = std::ptr::null_mut();
+        // SAFETY: ctx is the engine's live context; the call writes one pointer through `&mut`.
+        self.launch(|ctx| unsafe { ffi::anc_collective_stream(ctx, &mut stream) })?;
+        Ok(stream)
+    }
+
+    /// Makes the collective stream wait for the work queued on the compute stream so far (the
+    /// backward kernels that wrote the gradients about to be reduced); the host does not wait.
+    pub fn collective_fork(&self) -> Result<()> {
+        // SAFETY: ctx is the engine's live context.
+        self.launch(|ctx| unsafe { ffi::anc_collective_fork(ctx) })
+    }
+
+    /// Makes the compute stream wait for the work queued on the collective stream so far (the
+    /// sums, before the update reads them); the host does not wait.
+    pub fn collective_join(&self) -> Result<()> {
+        // SAFETY: ctx is the engine's live context.
+        self.launch(|ctx| unsafe { ffi::anc_collective_join(ctx) })
     }
 
     /// Makes the staging buffer at least `bytes` long; false (after saying so once) where the
@@ -410,6 +451,29 @@ pub fn c_conv_scratch_floats(s: &ConvShape, chunk: usize, channel_major: bool) -
 
 impl Engine for CudaEngine {
     type Buf = DeviceBuffer;
+
+    fn device_gradient_sync<'c>(
+        engines: &[Self],
+        comm: &'c crate::dist::Comm,
+    ) -> Result<Option<Box<dyn crate::trainer::GradientSync<Self> + 'c>>> {
+        if !engines.iter().any(CudaEngine::nccl_all_reduce) {
+            return Ok(None);
+        }
+        #[cfg(feature = "nccl")]
+        {
+            let sync = crate::data_parallel::NcclReplicas::new(comm, engines)?;
+            Ok(Some(Box::new(sync)))
+        }
+        #[cfg(not(feature = "nccl"))]
+        {
+            let _ = comm;
+            Err(Error::Config(
+                "--all-reduce nccl: this binary was built without NCCL; rebuild with \
+                 `cargo build --release --features nccl`"
+                    .into(),
+            ))
+        }
+    }
 
     fn name(&self) -> String {
         format!(
