@@ -239,7 +239,7 @@ pub(crate) fn read_shard_header(
     let offset = PREAMBLE
         .checked_add(json_len)
         .filter(|&end| end <= len)
-        .map(data_offset)
+        .map(|_| data_offset(json_len))
         .ok_or_else(|| format!("truncated: header says {json_len} JSON bytes, file has {len}"))?;
     let mut rest = vec![0u8; offset.min(len) - PREAMBLE];
     f.read_exact(&mut rest).map_err(|e| e.to_string())?;
@@ -576,4 +576,54 @@ pub fn verify(dir: &Path) -> Result<VerifySummary> {
         bytes,
         seconds: t0.elapsed().as_secs_f64(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A shard whose header ends within 20 bytes of a 4096 boundary: the reader once added the
+    /// preamble twice when placing the images, took the next page's pixels for padding and
+    /// called the shard damaged (prepare then failed on its own fresh output). Every header
+    /// length from 40 bytes below a page boundary to 8 above must read back.
+    #[test]
+    fn shards_read_back_whatever_their_header_length() {
+        let dir = tempfile::tempdir().unwrap();
+        let side = 2;
+        let image = vec![0xffu8; 3 * side * side];
+        let header = |path_len: usize| ShardHeader {
+            side,
+            exif: true,
+            planned: vec![Planned {
+                path: "p".repeat(path_len),
+                size: 1,
+                label: 0,
+            }],
+            kept: vec![0],
+            hashes: vec![7],
+            skipped: Vec::new(),
+            duplicates: Vec::new(),
+            upscaled: Vec::new(),
+            checksums: vec![crc32(&image)],
+        };
+        let base = serde_json::to_vec(&header(0)).unwrap().len();
+        let mut ends_near_a_page = 0;
+        for end in ALIGN - 40..=ALIGN + 8 {
+            let Some(path_len) = (end - PREAMBLE).checked_sub(base) else {
+                continue;
+            };
+            let h = header(path_len);
+            assert_eq!(PREAMBLE + serde_json::to_vec(&h).unwrap().len(), end);
+            let path = dir.path().join(format!("s{end}.pack"));
+            write_shard(&path, &h, std::slice::from_ref(&image)).unwrap();
+            let (read, offset) = read_shard_header(&path)
+                .unwrap_or_else(|e| panic!("header ending at byte {end}: {e}"))
+                .unwrap();
+            assert_eq!(read, h);
+            assert_eq!(offset, end.div_ceil(ALIGN) * ALIGN);
+            check_pixels(&path, &read, offset).unwrap();
+            ends_near_a_page += usize::from(end + PREAMBLE > ALIGN && end <= ALIGN);
+        }
+        assert_eq!(ends_near_a_page, 20, "the cases that failed before the fix");
+    }
 }
