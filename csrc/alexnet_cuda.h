@@ -86,6 +86,12 @@ anc_status anc_copy_2d(anc_ctx *ctx, void *dst, size_t dpitch, const void *src, 
 
 /* ---- pointwise ---- */
 anc_status anc_fill(anc_ctx *ctx, float *x, size_t n, float value);
+/* *result = sum of x[i]^2 in f64 over n values, in a fixed order (deterministic): `blocks`
+ * blocks of 256 threads (1..1024) each write a partial sum to scratch[block], one block adds
+ * them into scratch[blocks]; waits for the stream and copies that to *result. `scratch` holds
+ * blocks + 1 doubles of device memory. */
+anc_status anc_sum_of_squares(anc_ctx *ctx, const float *x, size_t n, size_t blocks,
+                              double *scratch, double *result);
 anc_status anc_scale(anc_ctx *ctx, float *x, size_t n, float a);
 anc_status anc_relu_forward(anc_ctx *ctx, float *x, size_t n);
 anc_status anc_relu_backward(anc_ctx *ctx, const float *y, float *dy, size_t n);

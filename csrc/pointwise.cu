@@ -81,6 +81,47 @@ extern "C" anc_status anc_fill(anc_ctx *ctx, float *x, size_t n, float value) {
     return anc_ok();
 }
 
+// Each block's threads sum squares over a grid-stride loop, then the block halves its shared
+// partials in a fixed tree; thread 0 writes the block's sum. Deterministic for a given grid.
+__global__ void sum_of_squares_kernel(const float *x, size_t n, double *partial) {
+    __shared__ double part[ANC_THREADS];
+    double s = 0.0;
+    GRID_STRIDE(i, n) {
+        double v = x[i];
+        s += v * v;
+    }
+    part[threadIdx.x] = s;
+    __syncthreads();
+    for (unsigned k = blockDim.x / 2; k > 0; k >>= 1) {
+        if (threadIdx.x < k) part[threadIdx.x] += part[threadIdx.x + k];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) partial[blockIdx.x] = part[0];
+}
+
+// One thread adds the blocks' partials in block order (at most 1024 of them).
+__global__ void sum_partials_kernel(const double *partial, size_t count, double *total) {
+    double s = 0.0;
+    for (size_t b = 0; b < count; b++) s += partial[b];
+    *total = s;
+}
+
+extern "C" anc_status anc_sum_of_squares(anc_ctx *ctx, const float *x, size_t n, size_t blocks,
+                                         double *scratch, double *result) {
+    *result = 0.0;
+    if (n == 0) return anc_ok();
+    ENTER(ctx);
+    sum_of_squares_kernel<<<(unsigned)blocks, ANC_THREADS, 0, ctx->stream>>>(x, n, scratch);
+    LAUNCH_CHECK("sum_of_squares");
+    sum_partials_kernel<<<1, 1, 0, ctx->stream>>>(scratch, blocks, scratch + blocks);
+    LAUNCH_CHECK("sum_of_squares (partials)");
+    CUDA_TRY("cudaMemcpyAsync(DeviceToHost, sum of squares)",
+             cudaMemcpyAsync(result, scratch + blocks, sizeof(double), cudaMemcpyDeviceToHost,
+                             ctx->stream));
+    CUDA_TRY("cudaStreamSynchronize", cudaStreamSynchronize(ctx->stream));
+    return anc_ok();
+}
+
 extern "C" anc_status anc_scale(anc_ctx *ctx, float *x, size_t n, float a) {
     if (n == 0) return anc_ok();
     ENTER(ctx);

@@ -77,8 +77,8 @@ pub fn trust_ratio(w_sq: f64, dw_sq: f64, eta: f32, weight_decay: f32) -> f64 {
 /// bias's norm says nothing about the scale of its layer's updates, and biases initialised to 0
 /// would start with a ratio of 1 at LARS's large global rate either way.
 ///
-/// The norms are taken on the host (each tensor and its gradient downloaded), so any engine runs
-/// LARS; on a GPU that is a copy of the weights and gradients per step.
+/// The norms are each engine's [`Engine::sum_of_squares`], where the tensors live (on a GPU a
+/// reduction kernel and 8 bytes copied back per tensor, not the weights and gradients).
 pub fn lars_step<E: Engine>(
     params: Vec<(&E, &mut Param<E::Buf>)>,
     lr: f32,
@@ -86,16 +86,12 @@ pub fn lars_step<E: Engine>(
     eta: f32,
 ) -> Result<()> {
     let mut sums: Vec<(String, f64, f64)> = Vec::new();
-    let mut host = Vec::new();
     for (e, p) in &params {
         if p.is_bias {
             continue;
         }
-        host.resize(p.len(), 0.0);
-        e.download(&p.value, &mut host)?;
-        let w_sq = sum_of_squares(&host);
-        e.download(&p.grad, &mut host)?;
-        let dw_sq = sum_of_squares(&host);
+        let w_sq = e.sum_of_squares(&p.value)?;
+        let dw_sq = e.sum_of_squares(&p.grad)?;
         match sums.iter_mut().find(|(name, ..)| *name == p.name) {
             Some(s) => {
                 s.1 += w_sq;
@@ -133,10 +129,6 @@ pub fn lars_step<E: Engine>(
         )?;
     }
     Ok(())
-}
-
-fn sum_of_squares(v: &[f32]) -> f64 {
-    v.iter().map(|&x| x as f64 * x as f64).sum()
 }
 
 #[cfg(test)]

@@ -137,6 +137,7 @@ gpu_test!(dropout_slice, |e| suite::dropout_slice(&e));
 gpu_test!(softmax_xent, |e| suite::softmax_xent(&e, SOFTMAX));
 gpu_test!(sgd_update, |e| suite::sgd_update(&e, SGD));
 gpu_test!(memory_ops, |e| suite::memory_ops(&e));
+gpu_test!(sum_of_squares, |e| suite::sum_of_squares(&e));
 // From this engine, and from a second engine (its own stream) on the same device.
 gpu_test!(copy_blocks, |e| {
     suite::copy_blocks(&e, &e);

@@ -312,6 +312,9 @@ pub trait Engine: Send + Sync + 'static {
     fn synchronize(&self) -> Result<()>;
     /// dst += src (same length): sums the gradient blocks that come back from other columns.
     fn add(&self, dst: &mut Self::Buf, src: &Self::Buf) -> Result<()>;
+    /// The sum of the squares of `buf`'s values, in f64 (LARS's norms), where the buffer lives:
+    /// no copy of it leaves the engine. Deterministic: the same values give the same bits.
+    fn sum_of_squares(&self, buf: &Self::Buf) -> Result<f64>;
     /// Copies `b.count` blocks of `b.len` floats from `src`, which lives on `src_engine` (another
     /// device of the same kind, or this one), into `dst` on this engine. The only way data moves
     /// between executors: the columns' cross connections (model parallelism, Section 3.2).

@@ -724,6 +724,36 @@ pub fn sgd_update<E: Engine>(e: &E, tol: Tol) {
     }
 }
 
+/// LARS's norms: the sum of squares in f64 of lengths around the CUDA engine's block counts
+/// (one value, part of one block, many blocks, past its 1024-block cap) against a compensated
+/// (Kahan) sum here, exact to a few f64 roundings. Each square of an f32 is exact in f64, so only
+/// the engine's additions err: the CUDA engine's are ~12 per thread, 8 in the block's tree and
+/// 1024 over the blocks, under 1100 x 2^-53 = 1.2e-13 relative for positive terms; the CPU
+/// engine's 3M in sequence err as a random walk, ~sqrt(3M) x 2^-53 = 2e-13. Tolerance 1e-12.
+/// The same buffer gives the same bits.
+pub fn sum_of_squares<E: Engine>(e: &E) {
+    for (i, &len) in [0usize, 1, 255, 257, 70_001, 1 << 20, (1 << 20) * 3 + 5]
+        .iter()
+        .enumerate()
+    {
+        let v = uniform(&mut Rng::new(1700 + i as u64), len, 3.0);
+        let buf = upload(e, &v);
+        let (mut want, mut carry) = (0f64, 0f64);
+        for &x in &v {
+            let y = x as f64 * x as f64 - carry;
+            let t = want + y;
+            carry = (t - want) - y;
+            want = t;
+        }
+        let got = e.sum_of_squares(&buf).expect("sum_of_squares");
+        assert!(
+            (got - want).abs() <= 1e-12 * want,
+            "sum_of_squares of {len}: {got} vs {want}"
+        );
+        assert_eq!(got.to_bits(), e.sum_of_squares(&buf).unwrap().to_bits());
+    }
+}
+
 /// upload/download/copy/fill/scale round trips.
 pub fn memory_ops<E: Engine>(e: &E) {
     let v = uniform(&mut Rng::new(1600), 70_001, 1.0);

@@ -146,6 +146,7 @@ both!(dropout, |e| suite::dropout(&e, ONE_OP));
 both!(dropout_slice, |e| suite::dropout_slice(&e));
 both!(sgd_update, |e| suite::sgd_update(&e, SGD));
 both!(memory_ops, |e| suite::memory_ops(&e));
+both!(sum_of_squares, |e| suite::sum_of_squares(&e));
 both!(copy_blocks, |e| suite::copy_blocks(
     &e,
     &CpuEngine::new(1).unwrap()

@@ -322,6 +322,11 @@ impl Engine for CpuEngine {
         Ok(())
     }
 
+    // In index order, one thread: 60M values take ~50 ms, against seconds of the step it follows.
+    fn sum_of_squares(&self, buf: &Vec<f32>) -> Result<f64> {
+        Ok(buf.iter().map(|&x| x as f64 * x as f64).sum())
+    }
+
     fn conv_forward(
         &self,
         s: &ConvShape,

@@ -648,6 +648,29 @@ impl Engine for CudaEngine {
         self.launch(|ctx| unsafe { ffi::anc_synchronize(ctx) })
     }
 
+    fn sum_of_squares(&self, buf: &DeviceBuffer) -> Result<f64> {
+        let mut sum = 0f64;
+        // Each block's partial sum (f64) in the scratch, then one block adds them in order.
+        let blocks = plan::sum_of_squares_blocks(buf.len());
+        let slots = 2 * (blocks + 1);
+        self.launch_with_scratch(slots, |ctx, scratch| {
+            // SAFETY: buf holds buf.len() f32; the scratch holds `slots` f32 slots, room for
+            // one f64 per block and the total (cudaMalloc'd, so 8-byte aligned); `sum` is a live
+            // host f64 written once the stream has run the kernels.
+            unsafe {
+                ffi::anc_sum_of_squares(
+                    ctx,
+                    buf.as_ptr(),
+                    buf.len(),
+                    blocks,
+                    scratch.cast(),
+                    &mut sum,
+                )
+            }
+        })?;
+        Ok(sum)
+    }
+
     // y[N,Cout,Ho,Wo] = conv(x[N,Cin,H,W], w[Cout,Cin/g,kh,kw]) + b[Cout]
     fn conv_forward(
         &self,

@@ -15,6 +15,12 @@ pub fn default_scratch_floats(total_bytes: Option<u64>) -> usize {
     (bytes / 4) as usize
 }
 
+/// Blocks of 256 threads for `anc_sum_of_squares` over `len` values: one per 256 values, at
+/// most 1024 (each thread then loops), at least 1. Their partial sums take one f64 each.
+pub fn sum_of_squares_blocks(len: usize) -> usize {
+    len.div_ceil(256).clamp(1, 1024)
+}
+
 /// cuBLAS takes dimensions and leading dimensions as 32-bit ints.
 fn fits_int(op: &str, what: &str, v: usize) -> Result<()> {
     if v <= i32::MAX as usize {
