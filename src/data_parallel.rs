@@ -199,10 +199,14 @@ impl<'c> NcclReplicas<'c> {
         })
     }
 
-    fn column_of(&self, e: &crate::engine::cuda::CudaEngine) -> usize {
+    fn column_of(&self, e: &crate::engine::cuda::CudaEngine) -> Result<usize> {
         let at = e as *const _ as usize;
-        (self.executors.iter().position(|&x| x == at))
-            .expect("a parameter on an executor the sync was not built for")
+        (self.executors.iter().position(|&x| x == at)).ok_or_else(|| {
+            crate::error::Error::Dist(format!(
+                "a gradient on {} was handed to an NCCL sync built for other executors",
+                e.name()
+            ))
+        })
     }
 }
 
@@ -224,14 +228,14 @@ impl GradientSync<crate::engine::cuda::CudaEngine> for NcclReplicas<'_> {
         self.handed = true;
         let mut forked = vec![false; self.columns.len()];
         for &(_, e, _) in ready {
-            let k = self.column_of(e);
+            let k = self.column_of(e)?;
             if !std::mem::replace(&mut forked[k], true) {
                 e.collective_fork()?;
             }
         }
         dist::nccl::group(|| {
             for &(_, e, p) in ready {
-                let (nccl, stream) = &self.columns[self.column_of(e)];
+                let (nccl, stream) = &self.columns[self.column_of(e)?];
                 // SAFETY: `p.grad` is `len` f32 on the executor's device, which the backward has
                 // finished writing (the collective stream waits for its kernels: the fork above)
                 // and which nothing touches again before the compute stream joins the
