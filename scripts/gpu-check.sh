@@ -342,7 +342,7 @@ EOF
         local nccl_path="$PWD/$PACK/nccl/lib:$nccl_dir:$LD_LIBRARY_PATH"
         step "nccl: test cuda_model nccl_" "$logs/nccl-test.log" 90 \
             env LD_LIBRARY_PATH="$nccl_path" "$PACK/nccl/bin/cuda_model" --test-threads=1 --nocapture nccl_ </dev/null
-        step "nccl: bench cuda b128 (host sums)" "$logs/nccl-bench-plain.log" 60 \
+        step "nccl: bench cuda b128 (no sums)" "$logs/nccl-bench-plain.log" 60 \
             env LD_LIBRARY_PATH="$nccl_path" "$PACK/nccl/bin/alexnet-cli" bench --device cuda --batch-size 128 --steps 20
         step "nccl: bench cuda --all-reduce nccl" "$logs/nccl-bench.log" 60 \
             env LD_LIBRARY_PATH="$nccl_path" "$PACK/nccl/bin/alexnet-cli" bench --device cuda --all-reduce nccl --batch-size 128 --steps 20

@@ -339,9 +339,11 @@ fn each_convolution_against_the_cpu(
 /// `--all-reduce nccl` through the trainer in one process: the sums run on each executor's
 /// collective stream, forked after the backward kernels that wrote each row's gradients and
 /// joined before the update. Over one rank a sum changes nothing and the 1/N scaling is skipped,
-/// so the run must equal the plain one bit for bit; a sum that ran before its gradient was
-/// written, or an update that ran before a sum, would not (the sum is in place). Whole net and
-/// the two columns on two executors (a communicator each).
+/// so the run must equal the plain one bit for bit: this catches a failing NCCL setup or call,
+/// a join that loses the compute stream's order, and anything on the path that writes the
+/// gradients. It cannot catch a sum queued before its gradient was written (over one rank the
+/// in-place sum leaves the values alone): that needs two ranks on two GPUs. Whole net and the
+/// two columns on two executors (a communicator each).
 #[cfg(feature = "nccl")]
 #[test]
 fn nccl_gradient_sums_over_one_rank_train_exactly_like_no_sums() {

@@ -856,8 +856,6 @@ fn load_models<E: Engine>(
     Ok((models, names, stats))
 }
 
-/// Times full training steps (forward, backward, SGD) on random data and prints images/s; one
-/// executor also gets a per-layer table, a split run the bytes crossing between its columns.
 /// What `bench` measures: steps of the paper's net at a global batch.
 struct BenchShape {
     batch: usize,
@@ -866,6 +864,8 @@ struct BenchShape {
     input_size: usize,
 }
 
+/// Times full training steps (forward, backward, SGD) on random data and prints images/s; one
+/// executor also gets a per-layer table, a split run the bytes crossing between its columns.
 fn bench<E: Engine>(engines: &[E], split: bool, shape: &BenchShape, comm: &Comm) -> Result<()> {
     let BenchShape {
         batch,
