@@ -24,20 +24,21 @@ use crate::trainer::{GradientSync, SyncKind};
 pub struct Replicas<'c> {
     comm: &'c Comm,
     bucket_bytes: usize,
-    /// The bucket being filled: gradients copied to the host, and which parameters they are
-    /// (index in `params_mut`'s order, length).
+    /// The bucket being filled: gradients copied to the host (its first `filled` elements; a
+    /// spare buffer comes at its last length, so that refilling it writes each element once
+    /// instead of zeroing it first), and which parameters they are (index in `params_mut`'s
+    /// order, length).
     filling: Vec<f32>,
+    filled: usize,
     members: Vec<(usize, usize)>,
     in_flight: Vec<(Vec<(usize, usize)>, dist::Pending<'c>)>,
-    /// Buckets whose sums were copied back, emptied and kept for the next step in the order
+    /// Buckets whose sums were copied back, kept (at their length) for the next step in the order
     /// they were filled, so that each step's k-th bucket refills the last step's k-th (same
     /// size, no reallocation): without them every step would allocate (and page-fault in) the
     /// whole gradient, 244 MB on the paper's net.
     spare: VecDeque<Vec<f32>>,
     /// Whether this step's gradients were handed over during backward.
     handed: bool,
-    /// Seconds spent after the backward waiting for sums still in flight, summed over steps.
-    pub exposed_wait_seconds: f64,
 }
 
 impl<'c> Replicas<'c> {
@@ -46,11 +47,11 @@ impl<'c> Replicas<'c> {
             comm,
             bucket_bytes: dist::DEFAULT_BUCKET_BYTES,
             filling: Vec::new(),
+            filled: 0,
             members: Vec::new(),
             in_flight: Vec::new(),
             spare: VecDeque::new(),
             handed: false,
-            exposed_wait_seconds: 0.0,
         }
     }
 
@@ -65,6 +66,7 @@ impl<'c> Replicas<'c> {
         if self.members.is_empty() {
             return;
         }
+        self.filling.truncate(std::mem::take(&mut self.filled));
         let bucket = std::mem::take(&mut self.filling);
         let members = std::mem::take(&mut self.members);
         self.in_flight
@@ -82,24 +84,32 @@ impl<E: Engine> GradientSync<E> for Replicas<'_> {
     }
 
     /// Copies the row's gradients into the bucket, starts it once full (at or past the size),
-    /// and lets the sums in flight advance (OpenMPI moves them only inside MPI calls).
+    /// and, without a progress thread, lets the sums in flight advance (OpenMPI moves them only
+    /// inside MPI calls).
     fn gradients_ready(&mut self, ready: &Ready<'_, E>) -> Result<()> {
         self.handed = true;
         if self.filling.capacity() == 0 {
             self.filling = self.spare.pop_front().unwrap_or_default();
         }
         for &(index, e, p) in ready {
-            let at = self.filling.len();
-            self.filling.resize(at + p.len(), 0.0);
-            e.download(&p.grad, &mut self.filling[at..])?;
+            let (at, end) = (self.filled, self.filled + p.len());
+            if self.filling.len() < end {
+                self.filling.resize(end, 0.0);
+            }
+            e.download(&p.grad, &mut self.filling[at..end])?;
+            self.filled = end;
             self.members.push((index, p.len()));
         }
         // Checked per row, so that a layer's bias travels with its weight.
-        if self.filling.len() * std::mem::size_of::<f32>() >= self.bucket_bytes {
+        if self.filled * std::mem::size_of::<f32>() >= self.bucket_bytes {
             self.start_bucket();
         }
-        for (_, pending) in &mut self.in_flight {
-            pending.test();
+        // With a progress thread these tests would only pull the sums' work onto the
+        // backward's thread (measured: README, "Data parallelism").
+        if !self.comm.has_progress_thread() {
+            for (_, pending) in &mut self.in_flight {
+                pending.test();
+            }
         }
         Ok(())
     }
@@ -109,18 +119,18 @@ impl<E: Engine> GradientSync<E> for Replicas<'_> {
     fn average_gradients(&mut self, engines: &[E], model: &mut Network<E>) -> Result<()> {
         let mut params = model.params_mut(engines);
         if !std::mem::take(&mut self.handed) {
-            let all: Vec<_> = (params.iter().enumerate().rev())
-                .map(|(i, (e, p))| (i, *e, &**p))
-                .collect();
-            GradientSync::<E>::gradients_ready(self, &all)?;
+            // One tensor at a time, last first, as the backward's rows would: the same buckets,
+            // refilling the same spare buffers (one bucket of everything would reallocate and
+            // page-fault in 244 MB on the paper's net, which bench's "alone" time would count).
+            for (i, (e, p)) in params.iter().enumerate().rev() {
+                GradientSync::<E>::gradients_ready(self, &[(i, *e, &**p)])?;
+            }
             self.handed = false;
         }
         self.start_bucket();
         let scale = 1.0 / self.comm.size() as f32;
         for (members, pending) in std::mem::take(&mut self.in_flight) {
-            let t0 = std::time::Instant::now();
             let mut summed = pending.wait();
-            self.exposed_wait_seconds += t0.elapsed().as_secs_f64();
             summed.iter_mut().for_each(|g| *g *= scale);
             let mut at = 0;
             for (index, len) in members {
@@ -128,7 +138,6 @@ impl<E: Engine> GradientSync<E> for Replicas<'_> {
                 e.upload(&mut p.grad, &summed[at..at + len])?;
                 at += len;
             }
-            summed.clear();
             self.spare.push_back(summed);
         }
         Ok(())

@@ -102,10 +102,24 @@ pub struct Trainer<'e, E: Engine> {
     sync: Box<dyn GradientSync<E> + 'e>,
     /// The last checkpoint written, named when a step diverges.
     pub last_saved: Option<PathBuf>,
-    /// Seconds the step spent on averaging gradients across replicas, summed over steps: in
-    /// backward (copying gradients out and starting their sums) and after it (waiting for the
-    /// sums not yet arrived, copying them back): the communication not hidden behind compute.
-    pub sync_seconds: f64,
+    /// Seconds the steps spent on averaging gradients across replicas: the communication not
+    /// hidden behind compute.
+    pub sync_seconds: SyncSeconds,
+}
+
+/// Host time spent on gradient sums, summed over steps.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct SyncSeconds {
+    /// During backward: copying gradients out and starting their sums.
+    pub in_backward: f64,
+    /// After it: waiting for the sums not yet arrived, copying them back.
+    pub after_backward: f64,
+}
+
+impl SyncSeconds {
+    pub fn total(&self) -> f64 {
+        self.in_backward + self.after_backward
+    }
 }
 
 impl<'e, E: Engine> Trainer<'e, E> {
@@ -124,7 +138,7 @@ impl<'e, E: Engine> Trainer<'e, E> {
             warmup: None,
             sync,
             last_saved: None,
-            sync_seconds: 0.0,
+            sync_seconds: SyncSeconds::default(),
         }
     }
 
@@ -192,7 +206,8 @@ impl<'e, E: Engine> Trainer<'e, E> {
         let t0 = std::time::Instant::now();
         // Before anything else can fail: every replica finishes the sums it started.
         self.sync.average_gradients(engines, &mut self.model)?;
-        self.sync_seconds += in_backward + t0.elapsed().as_secs_f64();
+        self.sync_seconds.in_backward += in_backward;
+        self.sync_seconds.after_backward += t0.elapsed().as_secs_f64();
         let probs = self.model.train_probabilities(engines)?;
         let classes = self.model.cfg().classes;
         let mut stats = [

@@ -20,7 +20,7 @@ use alexnet::model::{Init, Model, Sgd};
 use alexnet::parallel::{Network, NetworkOps};
 use alexnet::settings::{self, MAX_BATCH, MAX_CLASSES, MAX_INPUT, MAX_THREADS};
 use alexnet::train::{train_in, TrainArgs};
-use alexnet::trainer::{SyncKind, Trainer};
+use alexnet::trainer::{SyncKind, SyncSeconds, Trainer};
 use alexnet::{Error, Result};
 
 #[derive(Parser)]
@@ -921,7 +921,11 @@ fn bench<E: Engine>(engines: &[E], split: bool, shape: &BenchShape, comm: &Comm)
             e.synchronize()?;
         }
         let dt = t0.elapsed().as_secs_f64();
-        let sync = trainer.sync_seconds - synced_before;
+        let synced = trainer.sync_seconds;
+        let sync = SyncSeconds {
+            in_backward: synced.in_backward - synced_before.in_backward,
+            after_backward: synced.after_backward - synced_before.after_backward,
+        };
         if step > 0 {
             times.push(dt);
             sync_times.push(sync);
@@ -933,14 +937,20 @@ fn bench<E: Engine>(engines: &[E], split: bool, shape: &BenchShape, comm: &Comm)
                 dt,
                 r.loss,
                 match trainer.sync_kind() {
-                    SyncKind::Host => format!(", gradient all-reduce not hidden {sync:.3} s"),
+                    SyncKind::Host => format!(
+                        ", gradient all-reduce not hidden {:.3} s ({:.3} s copying out during \
+                         the backward, {:.3} s after it)",
+                        sync.total(),
+                        sync.in_backward,
+                        sync.after_backward
+                    ),
                     SyncKind::Alone | SyncKind::Device => String::new(),
                 }
             );
         }
     }
     times.sort_by(f64::total_cmp);
-    sync_times.sort_by(f64::total_cmp);
+    sync_times.sort_by(|a, b| a.total().total_cmp(&b.total()));
     let median = times[times.len() / 2];
     let flops = flops_per_image as f64 * batch as f64;
     // A collective: every rank takes part, before the others leave.
@@ -976,10 +986,12 @@ fn bench<E: Engine>(engines: &[E], split: bool, shape: &BenchShape, comm: &Comm)
             let exposed = sync_times[sync_times.len() / 2];
             println!(
                 "; started during the backward, {:.3} s of it stays on the step ({:.0}% of the \
-                 step): {:.0}% hidden",
-                exposed,
-                100.0 * exposed / median,
-                100.0 * (1.0 - exposed / alone.max(1e-9)).max(0.0)
+                 step; {:.3} s copying out during the backward, {:.3} s after it): {:.0}% hidden",
+                exposed.total(),
+                100.0 * exposed.total() / median,
+                exposed.in_backward,
+                exposed.after_backward,
+                100.0 * (1.0 - exposed.total() / alone.max(1e-9)).max(0.0)
             );
         } else {
             // The host only queues NCCL's work: what stays on the step is the step time's

@@ -3,6 +3,11 @@
 //!   mpirun -np 2 alexnet-dist-check check          # collectives give the right sums
 //!   mpirun -np 2 alexnet-dist-check bench [FLOATS] # all-reduce time and GB/s (default: 61M f32,
 //!                                                  # the paper net's gradients)
+//!   mpirun -np 2 alexnet-dist-check overlap [FLOATS]
+//!                                                  # sums in 25 MB buckets: waited for at once,
+//!                                                  # and waited for after the rank sleeps (no
+//!                                                  # MPI calls of its own) for 3x that time
+//!                                                  # (default: 16M f32)
 //!   mpirun -np 2 alexnet-dist-check die|crash|die-before-init|hang|mismatch
 //!                                                  # faults: rank 1 exits or is killed by a
 //!                                                  # signal before a collective, exits before
@@ -34,6 +39,8 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // The optional FLOATS after the mode.
+    let floats_or = |default: usize| args.get(1).and_then(|s| s.parse().ok()).unwrap_or(default);
     match mode {
         "check" => {
             check(&comm);
@@ -41,11 +48,11 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         "bench" => {
-            let floats = args
-                .get(1)
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(61_000_000);
-            bench(&comm, floats);
+            bench(&comm, floats_or(61_000_000));
+            ExitCode::SUCCESS
+        }
+        "overlap" => {
+            overlap(&comm, floats_or(16_000_000));
             ExitCode::SUCCESS
         }
         "die" | "crash" | "die-before-init" | "hang" => {
@@ -78,7 +85,8 @@ fn main() -> ExitCode {
         },
         other => {
             eprintln!(
-                "unknown mode {other:?}: check, bench, die, crash, die-before-init, hang, mismatch"
+                "unknown mode {other:?}: check, bench, overlap, die, crash, die-before-init, \
+                 hang, mismatch"
             );
             ExitCode::from(2)
         }
@@ -166,6 +174,55 @@ fn check(comm: &Comm) {
             }
         }
         assert_eq!(at, summed.len());
+    }
+}
+
+/// What the progress thread ([`dist::PROGRESS_ENV`]) is for: sums started before a stretch of
+/// work without MPI calls (here a sleep, in training the backward's layers) should be done, or
+/// nearly, when it ends. Prints, on rank 0, the median of three waits right after the start and
+/// of three after a sleep of 3x that plus 0.2 s; checks the sums.
+fn overlap(comm: &Comm, floats: usize) {
+    let cap = dist::DEFAULT_BUCKET_BYTES / 4;
+    let run = |sleep: Duration| -> Duration {
+        let parts: Vec<Vec<f32>> = (0..floats.div_ceil(cap))
+            .map(|b| vec![comm.rank() as f32 + 1.0; cap.min(floats - b * cap)])
+            .collect();
+        comm.barrier();
+        let pending: Vec<_> = parts
+            .into_iter()
+            .map(|p| comm.start_all_reduce(p))
+            .collect();
+        std::thread::sleep(sleep);
+        let t = Instant::now();
+        let summed: Vec<Vec<f32>> = pending.into_iter().map(|p| p.wait()).collect();
+        let waited = t.elapsed();
+        let want = (1..=comm.size()).sum::<usize>() as f32;
+        assert!(
+            summed.iter().flatten().all(|&v| v == want),
+            "overlapped sums differ from {want}"
+        );
+        waited
+    };
+    run(Duration::ZERO);
+    let median = |sleep: Duration| {
+        let mut t: Vec<Duration> = (0..3).map(|_| run(sleep)).collect();
+        t.sort();
+        t[1]
+    };
+    let at_once = median(Duration::ZERO);
+    let sleep = at_once * 3 + Duration::from_millis(200);
+    let after = median(sleep);
+    if comm.rank() == 0 {
+        println!(
+            "overlap: {floats} f32 in 25 MB buckets, {} ranks: waited {:.1} ms right after the \
+             start, {:.1} ms after {:.1} ms without MPI calls ({}={})",
+            comm.size(),
+            at_once.as_secs_f64() * 1e3,
+            after.as_secs_f64() * 1e3,
+            sleep.as_secs_f64() * 1e3,
+            dist::PROGRESS_ENV,
+            std::env::var(dist::PROGRESS_ENV).unwrap_or_else(|_| "unset".into())
+        );
     }
 }
 

@@ -30,6 +30,14 @@ pub const TIMEOUT_ENV: &str = "ALEXNET_COLLECTIVE_TIMEOUT_S";
 /// checkpoint, and a false alarm kills a healthy run.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
 
+/// Microseconds between the MPI progress thread's probes while gradient sums are in flight
+/// (`0`: no progress thread; the sums then move only inside the trainer's own MPI calls).
+pub const PROGRESS_ENV: &str = "ALEXNET_MPI_PROGRESS_US";
+
+/// Measured on the 2-core box (README, "Data parallelism"): shorter steals more of the core the
+/// backward runs on, longer leaves the sums waiting.
+pub const DEFAULT_PROGRESS_EVERY: Duration = Duration::from_micros(1000);
+
 /// PyTorch DDP's default bucket size (`bucket_cap_mb = 25`).
 pub const DEFAULT_BUCKET_BYTES: usize = 25 << 20;
 
@@ -107,6 +115,25 @@ pub fn timeout_from_env() -> Result<Duration> {
     }
 }
 
+/// [`PROGRESS_ENV`] if set (`None` for 0), else [`DEFAULT_PROGRESS_EVERY`].
+pub fn progress_from_env() -> Result<Option<Duration>> {
+    match std::env::var(PROGRESS_ENV) {
+        Err(_) => Ok(Some(DEFAULT_PROGRESS_EVERY)),
+        Ok(v) => parse_progress(&v),
+    }
+}
+
+fn parse_progress(v: &str) -> Result<Option<Duration>> {
+    match v.trim().parse::<u64>() {
+        Ok(0) => Ok(None),
+        Ok(us) => Ok(Some(Duration::from_micros(us))),
+        Err(_) => Err(Error::Config(format!(
+            "{PROGRESS_ENV}={v:?}: expected whole microseconds between progress probes (0: no \
+             progress thread)"
+        ))),
+    }
+}
+
 /// The communicator of a data-parallel run. Collectives must be called by every rank in the same
 /// order, from the thread that created the communicator.
 pub enum Comm {
@@ -128,7 +155,11 @@ impl Comm {
         match launch {
             None => Ok(Comm::Single),
             #[cfg(feature = "mpi")]
-            Some(launch) => Ok(Comm::Mpi(mpi::MpiComm::init(launch, timeout_from_env()?)?)),
+            Some(launch) => Ok(Comm::Mpi(mpi::MpiComm::init(
+                launch,
+                timeout_from_env()?,
+                progress_from_env()?,
+            )?)),
             #[cfg(not(feature = "mpi"))]
             Some(launch) if launch.size > 1 => Err(Error::Dist(format!(
                 "started by an MPI launcher as rank {} of {}, but this binary was built without \
@@ -162,6 +193,16 @@ impl Comm {
             Comm::Single => 0,
             #[cfg(feature = "mpi")]
             Comm::Mpi(c) => c.local_rank(),
+        }
+    }
+
+    /// Whether a progress thread moves started sums on by itself ([`PROGRESS_ENV`]); without
+    /// one, [`Pending::test`] between layers is what moves them.
+    pub fn has_progress_thread(&self) -> bool {
+        match self {
+            Comm::Single => false,
+            #[cfg(feature = "mpi")]
+            Comm::Mpi(c) => c.has_progress_thread(),
         }
     }
 
@@ -254,7 +295,8 @@ impl Comm {
     /// Starts summing `bucket` over the ranks and returns at once, so that the backward pass can
     /// go on while it travels; [`Pending::wait`] hands the summed bucket back. Every rank must
     /// start the same buckets in the same order. Under OpenMPI a reduction advances only inside
-    /// MPI calls: calling [`Pending::test`] between layers keeps it moving.
+    /// MPI calls: the progress thread ([`PROGRESS_ENV`]) makes them while sums are in flight,
+    /// and calling [`Pending::test`] between layers does too.
     pub fn start_all_reduce(&self, bucket: Vec<f32>) -> Pending<'_> {
         let inner = match self {
             Comm::Single => PendingInner::Done(bucket, PhantomData),
@@ -492,6 +534,18 @@ mod tests {
             buckets(&layers, DEFAULT_BUCKET_BYTES),
             [0..1, 1..2, 2..3, 3..8]
         );
+    }
+
+    #[test]
+    fn progress_interval_parses_and_zero_turns_it_off() {
+        assert_eq!(parse_progress("0").unwrap(), None);
+        assert_eq!(
+            parse_progress(" 250 ").unwrap(),
+            Some(Duration::from_micros(250))
+        );
+        let err = parse_progress("-5").unwrap_err().to_string();
+        assert!(err.contains(PROGRESS_ENV), "{err}");
+        assert!(parse_progress("fast").is_err());
     }
 
     #[test]

@@ -22,28 +22,38 @@ fn gradients_come_back_in_place(engines: &[CpuEngine], split: bool) {
     };
     let n = 2;
     let mut rng = Rng::new(3);
-    let images: Vec<f32> = (0..n * 3 * 67 * 67)
-        .map(|_| (rng.normal() * 50.0) as f32)
-        .collect();
-    let labels = [1, 7];
     let mut net = Network::new(engines, split, cfg, Init::Caffe, 5, n).unwrap();
-    net.forward(engines, &images, Some(9)).unwrap();
-    net.backward(engines, &labels, Some(9)).unwrap();
-    let plain = net.read_grads(engines).unwrap();
-
     let comm = Comm::Single;
     // 64 KB buckets: conv1's weights (140 KB) fill one alone, the small layers share.
     let mut sync = Replicas::new(&comm).with_bucket_bytes(64 << 10);
-    let mut handed = 0;
-    net.forward(engines, &images, Some(9)).unwrap();
-    net.backward_with(engines, &labels, Some(9), &mut |ready| {
-        handed += ready.len();
-        sync.gradients_ready(ready)
-    })
-    .unwrap();
-    sync.average_gradients(engines, &mut net).unwrap();
-    assert_eq!(handed, net.params_mut(engines).len());
-    assert_eq!(net.read_grads(engines).unwrap(), plain);
+    // Three steps on other images: handed over during the backward, not handed over (the sync
+    // gathers everything after it, into buckets cut a little differently), handed over again;
+    // the later steps refill the earlier steps' buffers, whose stale tails must not leak.
+    for (step, hand_over) in [true, false, true].into_iter().enumerate() {
+        let images: Vec<f32> = (0..n * 3 * 67 * 67)
+            .map(|_| (rng.normal() * 50.0) as f32)
+            .collect();
+        let labels = [1 + step as u32, 7];
+        let seed = Some(9 + step as u64);
+        net.forward(engines, &images, seed).unwrap();
+        net.backward(engines, &labels, seed).unwrap();
+        let plain = net.read_grads(engines).unwrap();
+
+        let mut handed = 0;
+        net.forward(engines, &images, seed).unwrap();
+        net.backward_with(engines, &labels, seed, &mut |ready| {
+            handed += ready.len();
+            if hand_over {
+                sync.gradients_ready(ready)
+            } else {
+                Ok(())
+            }
+        })
+        .unwrap();
+        sync.average_gradients(engines, &mut net).unwrap();
+        assert_eq!(handed, net.params_mut(engines).len());
+        assert_eq!(net.read_grads(engines).unwrap(), plain, "step {step}");
+    }
 }
 
 #[test]
