@@ -1,7 +1,7 @@
 //! The training run, top-down: data → loader threads → model on an engine → the paper's SGD →
 //! validation, learning-rate schedule, checkpoints and the metrics log.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,7 +10,7 @@ use crate::arch::{ArchConfig, Net};
 use crate::checkpoint::{Checkpoint, CheckpointDir, TrainState};
 use crate::data::{Augment, Dataset, Loader, LoaderConfig, Share, Stats};
 use crate::data_parallel::{self, EveryNth};
-use crate::dist::Comm;
+use crate::dist::{self, Comm};
 use crate::engine::{Engine, LrnParams};
 use crate::error::{Error, Result};
 use crate::eval::{evaluate, EvalOptions, EvalResult};
@@ -469,6 +469,10 @@ pub fn train_in<E: Engine>(
 ) -> Result<TrainSummary> {
     let (args, resumed) = run_settings(given)?;
     let args = &args;
+    if let (Some(r), Some(dir)) = (&resumed, &args.checkpoint_dir) {
+        let step = r.checkpoint.train_state.as_ref().map(|s| s.step);
+        dist::set_abort_note(abort_note(dir, step));
+    }
     let replica = Replica::new(comm, args)?;
     let init_from = match &args.init_from {
         Some(path) => Some(Checkpoint::load(path)?),
@@ -481,6 +485,10 @@ pub fn train_in<E: Engine>(
         true => Some(RunOutput::open(args)?),
         false => None,
     };
+    let run_dir = shared_run_dir(comm, output.as_ref());
+    if resumed.is_none() {
+        dist::set_abort_note(abort_note(&run_dir, None));
+    }
     let (mut model, state) = build_model(
         engines,
         args,
@@ -518,16 +526,14 @@ pub fn train_in<E: Engine>(
         last_val_top5: None,
         interrupted: false,
         last_checkpoint: None,
-        run_dir: output
-            .as_ref()
-            .map(|o| o.dir.dir().to_path_buf())
-            .unwrap_or_default(),
+        run_dir: run_dir.clone(),
     };
     let run = Run {
         args,
         data: &data,
         replica: &replica,
         output: output.as_ref(),
+        run_dir: &run_dir,
         stop,
     };
     // ---- the loop: epochs of steps, each epoch validated, scheduled and saved ----
@@ -623,11 +629,13 @@ struct Run<'a> {
     data: &'a TrainData,
     replica: &'a Replica,
     output: Option<&'a RunOutput>,
+    /// Rank 0's run directory, known to every rank.
+    run_dir: &'a Path,
     stop: &'a AtomicBool,
 }
 
 impl Run<'_> {
-    /// Saves the run as it stands (rank 0; the others have nothing to do).
+    /// Saves the run as it stands (rank 0 writes; every rank's abort note names the step).
     fn save<E: Engine>(
         &self,
         trainer: &mut Trainer<E>,
@@ -641,7 +649,30 @@ impl Run<'_> {
             trainer.last_saved = Some(saved.clone());
             summary.last_checkpoint = Some(saved);
         }
+        dist::set_abort_note(abort_note(self.run_dir, Some(trainer.state.step)));
         Ok(())
+    }
+}
+
+/// Rank 0's run directory on every rank (a collective): whichever rank ends the job names it.
+fn shared_run_dir(comm: &Comm, output: Option<&RunOutput>) -> PathBuf {
+    let mut bytes = output
+        .map(|o| o.dir.dir().to_string_lossy().into_owned().into_bytes())
+        .unwrap_or_default();
+    comm.broadcast_bytes(&mut bytes, 0);
+    PathBuf::from(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// What an aborted job says about where the run can continue: the last checkpoint saved (its
+/// step; `None`: none yet) in `run_dir`.
+fn abort_note(run_dir: &Path, saved_step: Option<u64>) -> String {
+    let dir = run_dir.display();
+    match saved_step {
+        Some(step) => format!(
+            "the last checkpoint saved is step {step}'s, in {dir}; `alexnet-cli train \
+             --checkpoint-dir {dir} --resume` (with this run's device flags) continues from it"
+        ),
+        None => format!("no checkpoint was saved yet (run directory {dir})"),
     }
 }
 

@@ -64,8 +64,11 @@ fn single(args: &[String]) -> Output {
     o
 }
 
+/// `mpirun -np n alexnet-cli ARGS`. A collective of these tiny runs waits a second at most: a
+/// rank left waiting (a fault not ending the job) aborts after 60 s instead of 600.
 fn ranks(n: usize, args: &[String]) -> Output {
     Command::new("mpirun")
+        .env("ALEXNET_COLLECTIVE_TIMEOUT_S", "60")
         .args([
             "--allow-run-as-root",
             "--oversubscribe",
@@ -180,13 +183,9 @@ fn a_checkpoint_of_two_ranks_resumes_in_one_process() {
     }
 }
 
-#[test]
-fn two_ranks_train_the_one_process_run_on_a_prepared_dataset() {
-    if !have_mpirun() {
-        return;
-    }
-    let t = tempfile::tempdir().unwrap();
-    let src = t.path().join("photos");
+/// 20 small PNGs of 2 classes prepared at side 76 into `root/data` (16 train, 4 val).
+fn prepared_dataset(root: &Path) -> PathBuf {
+    let src = root.join("photos");
     for class in 0..2 {
         let dir = src.join(format!("class{class}"));
         std::fs::create_dir_all(&dir).unwrap();
@@ -201,7 +200,7 @@ fn two_ranks_train_the_one_process_run_on_a_prepared_dataset() {
             img.save(dir.join(format!("{i}.png"))).unwrap();
         }
     }
-    let data = t.path().join("data");
+    let data = root.join("data");
     let o = Command::new(BIN)
         .args([
             "prepare",
@@ -215,13 +214,26 @@ fn two_ranks_train_the_one_process_run_on_a_prepared_dataset() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", describe(&o));
-    let with_data = |dir: &PathBuf| {
-        let mut a = tiny(dir, &["--steps", "3", "--data", data.to_str().unwrap()]);
-        // The dataset decides the classes.
-        let at = a.iter().position(|s| s == "--classes").unwrap();
-        a.drain(at..at + 2);
-        a
-    };
+    data
+}
+
+/// [`tiny`] on a prepared dataset, which decides the classes.
+fn tiny_on(data: &Path, dir: &Path, extra: &[&str]) -> Vec<String> {
+    let mut a = tiny(dir, &["--data", data.to_str().unwrap()]);
+    let at = a.iter().position(|s| s == "--classes").unwrap();
+    a.drain(at..at + 2);
+    a.extend(extra.iter().map(|s| s.to_string()));
+    a
+}
+
+#[test]
+fn two_ranks_train_the_one_process_run_on_a_prepared_dataset() {
+    if !have_mpirun() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let data = prepared_dataset(t.path());
+    let with_data = |dir: &PathBuf| tiny_on(&data, dir, &["--steps", "3"]);
     let (one, two) = (t.path().join("one"), t.path().join("two"));
     single(&with_data(&one));
     let o = ranks(2, &with_data(&two));
@@ -258,4 +270,62 @@ fn ranks_with_different_settings_or_an_uneven_batch_are_refused() {
         "{}",
         describe(&o)
     );
+}
+
+/// A rank that fails mid-run (here: an image of its share damaged on disk after the first
+/// epoch) ends every rank at once, naming itself, the damaged file and the last checkpoint with
+/// the command that continues from it; that checkpoint is intact.
+#[test]
+fn a_rank_failing_mid_run_ends_the_job_naming_the_last_checkpoint() {
+    if !have_mpirun() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let data = prepared_dataset(t.path());
+    let dir = t.path().join("run");
+    // One epoch: 16 images, global batch 8.
+    let o = ranks(2, &tiny_on(&data, &dir, &["--steps", "2"]));
+    assert!(o.status.success(), "{}", describe(&o));
+    // The last byte of each training shard is a pixel of its last image: its checksum, checked
+    // on every read, now fails, and the next epoch reads every image.
+    let mut shards = 0;
+    for entry in std::fs::read_dir(&data).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if name.starts_with("train-") && name.ends_with(".pack") {
+            let mut bytes = std::fs::read(&path).unwrap();
+            *bytes.last_mut().unwrap() ^= 0xff;
+            std::fs::write(&path, bytes).unwrap();
+            shards += 1;
+        }
+    }
+    assert!(shards > 0, "no training shard found in {}", data.display());
+    let resume = [
+        "train",
+        "--checkpoint-dir",
+        dir.to_str().unwrap(),
+        "--resume",
+        "--steps",
+        "4",
+    ]
+    .map(String::from);
+    let started = std::time::Instant::now();
+    let o = ranks(2, &resume);
+    let took = started.elapsed();
+    let out = describe(&o);
+    assert!(!o.status.success(), "{out}");
+    // Not the 60 s collective timeout: the failing rank ends the job itself.
+    assert!(took.as_secs() < 30, "took {took:?}: {out}");
+    assert!(out.contains("aborting all ranks"), "{out}");
+    assert!(out.contains("damaged"), "{out}");
+    assert!(
+        out.contains(&format!(
+            "the last checkpoint saved is step 2's, in {d}; `alexnet-cli train --checkpoint-dir \
+             {d} --resume`",
+            d = dir.display()
+        )),
+        "{out}"
+    );
+    let saved = alexnet::checkpoint::Checkpoint::load(&dir.join("last.safetensors")).unwrap();
+    assert_eq!(saved.train_state.map(|s| s.step), Some(2));
 }

@@ -469,6 +469,59 @@ fn main() -> ExitCode {
     }
 }
 
+/// Under mpirun, one rank's error would leave the others waiting in their next collective (and
+/// this one in MPI_Finalize) until the timeout: it ends them all now, with the message.
+fn ending_every_rank_on_error(comm: &Comm, result: Result<()>) -> Result<()> {
+    match result {
+        Err(e) if comm.size() > 1 => comm.abort(&e.to_string()),
+        other => other,
+    }
+}
+
+/// `train` on this process's engines: one rank of a data-parallel run, or the whole run.
+fn train_command(
+    device: &DeviceArgs,
+    threads: usize,
+    executors: usize,
+    args: &TrainArgs,
+    stop: &AtomicBool,
+    comm: &Comm,
+) -> Result<()> {
+    with_engines!(device, threads, executors, |es| {
+        let s = train_in(&es, args, stop, comm)?;
+        if comm.rank() != 0 {
+            return Ok(());
+        }
+        println!(
+            "{} {} steps{}",
+            if s.interrupted {
+                "stopped after"
+            } else {
+                "done:"
+            },
+            s.steps,
+            match (s.last_val_top1, s.last_val_top5) {
+                (Some(a), Some(b)) => format!(
+                    ", validation top-1 error {:.2}%, top-5 error {:.2}%",
+                    100.0 * a,
+                    100.0 * b
+                ),
+                _ => String::new(),
+            }
+        );
+        match &s.last_checkpoint {
+            Some(p) => println!(
+                "saved {}\ncontinue with: alexnet-cli train --checkpoint-dir {} --resume{}",
+                p.display(),
+                s.run_dir.display(),
+                device.resume_flags()
+            ),
+            None => println!("no checkpoint was written (no step completed)"),
+        }
+        Ok(())
+    })
+}
+
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Train { args, device } => {
@@ -492,45 +545,10 @@ fn run(cli: Cli) -> Result<()> {
             if comm.size() > 1 {
                 device.gpu += comm.local_rank();
             }
-            let result: Result<()> = with_engines!(&device, threads, executors, |es| {
-                let s = train_in(&es, &args, &stop, &comm)?;
-                if comm.rank() != 0 {
-                    return Ok(());
-                }
-                println!(
-                    "{} {} steps{}",
-                    if s.interrupted {
-                        "stopped after"
-                    } else {
-                        "done:"
-                    },
-                    s.steps,
-                    match (s.last_val_top1, s.last_val_top5) {
-                        (Some(a), Some(b)) => format!(
-                            ", validation top-1 error {:.2}%, top-5 error {:.2}%",
-                            100.0 * a,
-                            100.0 * b
-                        ),
-                        _ => String::new(),
-                    }
-                );
-                match &s.last_checkpoint {
-                    Some(p) => println!(
-                        "saved {}\ncontinue with: alexnet-cli train --checkpoint-dir {} --resume{}",
-                        p.display(),
-                        s.run_dir.display(),
-                        device.resume_flags()
-                    ),
-                    None => println!("no checkpoint was written (no step completed)"),
-                }
-                Ok(())
-            });
-            match result {
-                // One rank's error would leave the others waiting in their next collective:
-                // end them all now, with the message.
-                Err(e) if comm.size() > 1 => comm.abort(&e.to_string()),
-                other => other,
-            }
+            // A function of its own: with_engines! returns its errors from the enclosing one, and
+            // every error must reach the abort.
+            let result = train_command(&device, threads, executors, &args, &stop, &comm);
+            ending_every_rank_on_error(&comm, result)
         }
         Command::Experiment(Experiment::Fig1 { args, device }) => {
             with_engines!(&device, device.threads, 1, |es| {
@@ -829,9 +847,14 @@ fn run(cli: Cli) -> Result<()> {
                 classes,
                 input_size,
             };
-            with_engines!(&device, device.threads, split.unwrap_or(1), |es| {
-                bench(&es, split.is_some(), &shape, &comm)
-            })
+            // A closure: with_engines! returns its errors from the enclosing function, and every
+            // error must reach the abort.
+            let result = (|| {
+                with_engines!(&device, device.threads, split.unwrap_or(1), |es| {
+                    bench(&es, split.is_some(), &shape, &comm)
+                })
+            })();
+            ending_every_rank_on_error(&comm, result)
         }
     }
 }

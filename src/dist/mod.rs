@@ -19,6 +19,7 @@ pub mod nccl;
 
 use std::marker::PhantomData;
 use std::ops::Range;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
@@ -307,11 +308,12 @@ impl Comm {
     }
 
     /// Ends the whole job from one rank, e.g. on an error the other ranks cannot see (they would
-    /// wait at their next collective until the timeout). Prints `msg` with this rank first.
+    /// wait at their next collective until the timeout). Prints `msg` with this rank first and
+    /// the note of [`set_abort_note`] after it.
     pub fn abort(&self, msg: &str) -> ! {
         match self {
             Comm::Single => {
-                eprint_line(&format!("error: {msg}"));
+                eprint_line(&with_abort_note(&format!("error: {msg}")));
                 std::process::exit(1)
             }
             #[cfg(feature = "mpi")]
@@ -357,6 +359,24 @@ impl Pending<'_> {
             #[cfg(feature = "mpi")]
             PendingInner::Mpi(p) => p.wait(),
         }
+    }
+}
+
+/// What an abort of this process adds to its message (empty: nothing).
+static ABORT_NOTE: Mutex<String> = Mutex::new(String::new());
+
+/// Sets what every later [`Comm::abort`] of this process adds to its message: the trainer keeps
+/// it naming the last checkpoint and how to continue from it.
+pub fn set_abort_note(note: String) {
+    *ABORT_NOTE.lock().unwrap_or_else(|p| p.into_inner()) = note;
+}
+
+/// `msg`, then the abort note if one is set.
+fn with_abort_note(msg: &str) -> String {
+    let note = ABORT_NOTE.lock().unwrap_or_else(|p| p.into_inner());
+    match note.is_empty() {
+        true => msg.to_string(),
+        false => format!("{msg}; {note}"),
     }
 }
 

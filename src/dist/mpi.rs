@@ -294,10 +294,10 @@ impl MpiComm {
 
     /// Prints `msg` naming this rank, then ends every rank of the job.
     pub fn abort(&self, msg: &str) -> ! {
-        super::eprint_line(&format!(
+        super::eprint_line(&super::with_abort_note(&format!(
             "alexnet: rank {} of {}: {msg}; aborting all ranks",
             self.rank, self.size
-        ));
+        )));
         // The lock, unless the progress thread is stuck inside MPI: then abort beside it.
         let deadline = Instant::now() + Duration::from_secs(1);
         let _mpi = loop {
