@@ -120,6 +120,14 @@ impl SyncSeconds {
     pub fn total(&self) -> f64 {
         self.in_backward + self.after_backward
     }
+
+    /// The time spent since `before` was read.
+    pub fn since(&self, before: SyncSeconds) -> SyncSeconds {
+        SyncSeconds {
+            in_backward: self.in_backward - before.in_backward,
+            after_backward: self.after_backward - before.after_backward,
+        }
+    }
 }
 
 impl<'e, E: Engine> Trainer<'e, E> {

@@ -20,7 +20,7 @@ use alexnet::model::{Init, Model, Sgd};
 use alexnet::parallel::{Network, NetworkOps};
 use alexnet::settings::{self, MAX_BATCH, MAX_CLASSES, MAX_INPUT, MAX_THREADS};
 use alexnet::train::{train_in, TrainArgs};
-use alexnet::trainer::{SyncKind, SyncSeconds, Trainer};
+use alexnet::trainer::{SyncKind, Trainer};
 use alexnet::{Error, Result};
 
 #[derive(Parser)]
@@ -334,53 +334,58 @@ enum Precision {
 /// Runs `$body` with `$es` bound to `$count` executors of the kind the flags ask for: CPU
 /// engines sharing `$threads` threads, or CUDA engines on consecutive GPUs from `--gpu`.
 macro_rules! with_engines {
-    ($dev:expr, $threads:expr, $count:expr, |$es:ident| $body:expr) => {{
-        let dev: &DeviceArgs = $dev;
-        let (threads, count): (usize, usize) = ($threads, $count);
-        match dev.device {
-            Device::Cpu => {
-                if dev.precision != Precision::F32 {
-                    return Err(Error::Config(
-                        "--precision bf16 runs on the CUDA engine only (add --device cuda); \
-                         the CPU engine computes in f32"
-                            .into(),
-                    ));
-                }
-                if dev.all_reduce == AllReduce::Nccl {
-                    return Err(Error::Config(
-                        "--all-reduce nccl sums GPU memory: add --device cuda, or drop it (CPU \
-                         ranks sum through MPI)"
-                            .into(),
-                    ));
-                }
-                let $es = cpu_engines(threads, count, dev.cpu_conv)?;
-                $body
-            }
-            Device::Cuda => {
-                if dev.cpu_conv != ConvAlgorithm::default() {
-                    return Err(Error::Config(
-                        "--cpu-conv chooses the CPU engine's convolutions; the CUDA engine \
-                         computes them with cuBLAS GEMMs (drop --cpu-conv, or --device cuda)"
-                            .into(),
-                    ));
-                }
-                #[cfg(feature = "cuda")]
-                {
-                    let $es = cuda_engines(dev, count)?;
+    ($dev:expr, $threads:expr, $count:expr, |$es:ident| $body:expr) => {
+        // A closure called at once: the set-up's errors and the body's (`?`, `return`) are the
+        // value, not returned from the caller, which can then act on every one of them (under
+        // mpirun: end the other ranks).
+        (|| -> Result<()> {
+            let dev: &DeviceArgs = $dev;
+            let (threads, count): (usize, usize) = ($threads, $count);
+            match dev.device {
+                Device::Cpu => {
+                    if dev.precision != Precision::F32 {
+                        return Err(Error::Config(
+                            "--precision bf16 runs on the CUDA engine only (add --device cuda); \
+                             the CPU engine computes in f32"
+                                .into(),
+                        ));
+                    }
+                    if dev.all_reduce == AllReduce::Nccl {
+                        return Err(Error::Config(
+                            "--all-reduce nccl sums GPU memory: add --device cuda, or drop it (CPU \
+                             ranks sum through MPI)"
+                                .into(),
+                        ));
+                    }
+                    let $es = cpu_engines(threads, count, dev.cpu_conv)?;
                     $body
                 }
-                #[cfg(not(feature = "cuda"))]
-                {
-                    let _ = count;
-                    Err::<(), Error>(Error::NoDevice(
-                        "this alexnet-cli was built without CUDA; rebuild with \
-                         `cargo build --release --features cuda`"
-                            .into(),
-                    ))
+                Device::Cuda => {
+                    if dev.cpu_conv != ConvAlgorithm::default() {
+                        return Err(Error::Config(
+                            "--cpu-conv chooses the CPU engine's convolutions; the CUDA engine \
+                             computes them with cuBLAS GEMMs (drop --cpu-conv, or --device cuda)"
+                                .into(),
+                        ));
+                    }
+                    #[cfg(feature = "cuda")]
+                    {
+                        let $es = cuda_engines(dev, count)?;
+                        $body
+                    }
+                    #[cfg(not(feature = "cuda"))]
+                    {
+                        let _ = count;
+                        Err::<(), Error>(Error::NoDevice(
+                            "this alexnet-cli was built without CUDA; rebuild with \
+                             `cargo build --release --features cuda`"
+                                .into(),
+                        ))
+                    }
                 }
             }
-        }
-    }};
+        })()
+    };
 }
 
 /// `count` CPU executors splitting `threads` (0 = all cores) between them, computing
@@ -545,8 +550,6 @@ fn run(cli: Cli) -> Result<()> {
             if comm.size() > 1 {
                 device.gpu += comm.local_rank();
             }
-            // A function of its own: with_engines! returns its errors from the enclosing one, and
-            // every error must reach the abort.
             let result = train_command(&device, threads, executors, &args, &stop, &comm);
             ending_every_rank_on_error(&comm, result)
         }
@@ -847,13 +850,9 @@ fn run(cli: Cli) -> Result<()> {
                 classes,
                 input_size,
             };
-            // A closure: with_engines! returns its errors from the enclosing function, and every
-            // error must reach the abort.
-            let result = (|| {
-                with_engines!(&device, device.threads, split.unwrap_or(1), |es| {
-                    bench(&es, split.is_some(), &shape, &comm)
-                })
-            })();
+            let result = with_engines!(&device, device.threads, split.unwrap_or(1), |es| {
+                bench(&es, split.is_some(), &shape, &comm)
+            });
             ending_every_rank_on_error(&comm, result)
         }
     }
@@ -944,11 +943,7 @@ fn bench<E: Engine>(engines: &[E], split: bool, shape: &BenchShape, comm: &Comm)
             e.synchronize()?;
         }
         let dt = t0.elapsed().as_secs_f64();
-        let synced = trainer.sync_seconds;
-        let sync = SyncSeconds {
-            in_backward: synced.in_backward - synced_before.in_backward,
-            after_backward: synced.after_backward - synced_before.after_backward,
-        };
+        let sync = trainer.sync_seconds.since(synced_before);
         if step > 0 {
             times.push(dt);
             sync_times.push(sync);

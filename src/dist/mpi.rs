@@ -53,7 +53,8 @@ pub struct MpiComm {
     timeout: Duration,
     /// Held for every MPI call (see the module's comment).
     shared: Arc<Shared>,
-    progress: Option<Progress>,
+    /// The progress thread; it returns its communicator when it ends.
+    progress: Option<JoinHandle<ProbeComm>>,
     /// Dropped last: finalises MPI.
     _universe: Universe,
 }
@@ -70,14 +71,9 @@ struct InFlight {
     stop: bool,
 }
 
-/// The progress thread and the duplicate of the world communicator it probes: no message is
-/// ever sent on the duplicate, so a probe matches nothing and only drives progress.
-struct Progress {
-    thread: JoinHandle<()>,
-    probe: ffi::MPI_Comm,
-}
-
-/// A communicator handle moved to the progress thread.
+/// The duplicate of the world communicator the progress thread probes, moved to it and handed
+/// back when it ends: no message is ever sent on the duplicate, so a probe matches nothing and
+/// only drives progress.
 struct ProbeComm(ffi::MPI_Comm);
 
 // SAFETY: an MPI handle is valid on any thread of the process; MPI_THREAD_SERIALIZED and the
@@ -158,14 +154,13 @@ impl MpiComm {
     }
 
     /// Starts the thread that probes `probe` every `every` while sums are in flight.
-    fn start_progress(&self, probe: ffi::MPI_Comm, every: Duration) -> Progress {
+    fn start_progress(&self, probe: ffi::MPI_Comm, every: Duration) -> JoinHandle<ProbeComm> {
         let shared = Arc::clone(&self.shared);
         let comm = ProbeComm(probe);
-        let thread = std::thread::Builder::new()
+        std::thread::Builder::new()
             .name("mpi-progress".into())
-            .spawn(move || drive_progress(&shared, &comm, every))
-            .unwrap_or_else(|e| self.abort(&format!("cannot start the MPI progress thread: {e}")));
-        Progress { thread, probe }
+            .spawn(move || drive_progress(&shared, comm, every))
+            .unwrap_or_else(|e| self.abort(&format!("cannot start the MPI progress thread: {e}")))
     }
 
     /// The MPI lock; a panic elsewhere while holding it leaves nothing half-done to MPI.
@@ -437,9 +432,10 @@ impl Drop for MpiComm {
         };
         self.lock().stop = true;
         self.shared.wake.notify_one();
-        // A panicked progress thread has nothing left to clean up.
-        let _ = progress.thread.join();
-        self.free(progress.probe);
+        // A panicked progress thread lost its communicator; finalising frees it.
+        if let Ok(probe) = progress.join() {
+            self.free(probe.0);
+        }
     }
 }
 
@@ -454,7 +450,7 @@ fn lock(shared: &Shared) -> MutexGuard<'_, InFlight> {
 /// lock, so that OpenMPI's progress engine moves them on between the trainer's own MPI calls;
 /// otherwise sleeps until one starts. A failed probe is left to the main thread's next call on
 /// the same sums, which reports it with its operation.
-fn drive_progress(shared: &Shared, comm: &ProbeComm, every: Duration) {
+fn drive_progress(shared: &Shared, comm: ProbeComm, every: Duration) -> ProbeComm {
     let mut state = lock(shared);
     loop {
         while state.sums == 0 && !state.stop {
@@ -464,11 +460,11 @@ fn drive_progress(shared: &Shared, comm: &ProbeComm, every: Duration) {
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
         }
         if state.stop {
-            return;
+            return comm;
         }
         let mut matched: c_int = 0;
-        // SAFETY: the duplicate communicator stays valid until MpiComm's drop has joined this
-        // thread; MPI writes `matched` and no status; the MPI lock is held.
+        // SAFETY: the duplicate communicator is freed only once this thread has returned it;
+        // MPI writes `matched` and no status; the MPI lock is held.
         unsafe {
             ffi::MPI_Iprobe(
                 ffi::RSMPI_ANY_SOURCE,
